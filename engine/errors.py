@@ -1,0 +1,29 @@
+"""The project's exceptions: each message says what is wrong and what to do."""
+
+
+class EngineError(Exception):
+    """Base class for every error the engine raises on purpose."""
+
+
+class WeightsError(EngineError):
+    """A weights file is missing, of the wrong kind, or does not hold a VGG."""
+
+
+class ModelNotFoundError(EngineError):
+    """No exported feature graph was found where the engine looks for one."""
+
+
+class ConfigError(EngineError):
+    """A setting is invalid or conflicts with another one."""
+
+
+class ImageError(EngineError):
+    """An image cannot be read or written."""
+
+
+class ProviderError(EngineError):
+    """The requested ONNX Runtime execution provider cannot start."""
+
+
+class MemoryLimitError(EngineError):
+    """A run would need more memory than the machine has."""

