@@ -1,0 +1,174 @@
+"""The settings of one style transfer: a frozen dataclass validated once, and the string choices.
+
+Defaults are the seed's ``style_transfer`` defaults; every other module and the CLI
+take them from here, so each one is written once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, fields
+from enum import Enum
+from typing import Any
+
+from . import vgg
+from .errors import ConfigError
+
+
+class Pooling(str, Enum):
+    """Downsampling between VGG blocks: the trained max pooling, or average (smoother results)."""
+    MAX = "max"
+    AVG = "avg"
+
+
+class Provider(str, Enum):
+    """ONNX Runtime execution provider; AUTO takes CUDA when it starts, else CPU."""
+    AUTO = "auto"
+    CUDA = "cuda"
+    CPU = "cpu"
+
+
+class Init(str, Enum):
+    """Starting image of the optimisation: uniform noise (the seed), the content or the style image."""
+    NOISE = "noise"
+    CONTENT = "content"
+    STYLE = "style"
+
+
+class OptimizerMode(str, Enum):
+    """SEED restarts L-BFGS every iteration as the seed does; CONTINUOUS keeps its curvature memory."""
+    SEED = "seed"
+    CONTINUOUS = "continuous"
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Everything that decides the result of one transfer, validated at construction.
+
+    convnet:        backbone, "vgg16" or "vgg19".
+    content_layer:  Keras conv layer name whose activations the content loss matches.
+    style_layers:   conv layer names whose Gram matrices the style loss matches.
+    content_weight: weight of the content loss (sum of squared activation differences).
+    style_weights:  one weight per style layer; the seed also divides each by len(style_layers).
+    tv_weight:      weight of the total-variation loss (sum of squared neighbour differences,
+                    in 0-255 pixel units).
+    iterations:     outer iterations; each runs L-BFGS and may save a snapshot.
+    maxfun:         most loss-and-gradient evaluations per iteration (the seed's fmin_l_bfgs_b maxfun).
+    seed:           seed of the random start image; None draws a fresh one each run.
+    size:           longest edge of the output in px; None keeps the content image's size.
+    pooling:        Pooling.MAX (as trained) or Pooling.AVG; a plain "max"/"avg" is accepted.
+    save_every:     save a snapshot every N iterations; 0 saves none.
+    """
+
+    convnet: str = "vgg16"
+    content_layer: str = "block4_conv2"
+    style_layers: tuple[str, ...] = (
+        "block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
+    content_weight: float = 3e-2
+    style_weights: tuple[float, ...] = (20000, 500, 12, 1, 1)
+    tv_weight: float = 5e-2
+    iterations: int = 50
+    maxfun: int = 20
+    seed: int | None = 0
+    size: int | None = None
+    pooling: Pooling = Pooling.MAX
+    save_every: int = 1
+
+    def __post_init__(self) -> None:
+        # Frozen: normalised values go in through object.__setattr__, once, here.
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        vgg.check_architecture(self.convnet)
+        vgg.conv_layer(self.convnet, self.content_layer)
+
+        style_layers = tuple(str(name) for name in _as_tuple(self.style_layers))
+        if not style_layers:
+            raise ConfigError("style_layers is empty: give at least one conv layer, e.g. block1_conv1")
+        for name in style_layers:
+            vgg.conv_layer(self.convnet, name)
+            if style_layers.count(name) > 1:
+                raise ConfigError(f"style layer '{name}' is listed twice: give each layer once")
+        put("style_layers", style_layers)
+
+        style_weights = tuple(_weight("style_weights", w) for w in _as_tuple(self.style_weights))
+        if len(style_weights) != len(style_layers):
+            raise ConfigError(f"{len(style_weights)} style_weights for {len(style_layers)} style_layers: "
+                              "give one weight per style layer")
+        put("style_weights", style_weights)
+        put("content_weight", _weight("content_weight", self.content_weight))
+        put("tv_weight", _weight("tv_weight", self.tv_weight))
+
+        put("iterations", _integer("iterations", self.iterations, 1))
+        put("maxfun", _integer("maxfun", self.maxfun, 1))
+        put("save_every", _integer("save_every", self.save_every, 0, "(0 saves no snapshots)"))
+        if self.seed is not None:
+            put("seed", _integer("seed", self.seed, 0, "(or None for a fresh random start)"))
+        if self.size is not None:
+            put("size", _integer("size", self.size, 16, "px (or None to keep the content image's size)"))
+        put("pooling", parse_choice(Pooling, "pooling", self.pooling))
+
+    def replace(self, **changes: Any) -> TransferConfig:
+        """A copy with ``changes`` applied, validated again."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields: enums as their values, tuples as lists. ``TransferConfig(**d)`` rebuilds it."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Enum):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    def min_image_size(self) -> int:
+        """Smallest image edge (px) that leaves the deepest chosen layer at least 1 px of feature map."""
+        return self._deepest_downsampling()
+
+    def size_multiple(self) -> int:
+        """Working sizes are a multiple of this, so every 2x2 pooling before the deepest layer sees even sizes."""
+        return self._deepest_downsampling()
+
+    def _deepest_downsampling(self) -> int:
+        return max(vgg.conv_layer(self.convnet, name).downsampling
+                   for name in (self.content_layer, *self.style_layers))
+
+
+def parse_choice(enum_cls: type[Enum], name: str, value: Any) -> Enum:
+    """``value`` as a member of ``enum_cls``; a wrong string is a ConfigError that lists the choices."""
+    try:
+        return enum_cls(value)
+    except ValueError:
+        options = ", ".join(member.value for member in enum_cls)
+        raise ConfigError(f"unknown {name} {value!r}: choose one of {options}") from None
+
+
+def _as_tuple(value: Any) -> tuple:
+    # A lone "block1_conv1" or 1.0 means a one-element list, not a sequence of characters.
+    if isinstance(value, (str, numbers.Number)):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ConfigError(f"expected a list, got {value!r}") from None
+
+
+def _weight(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _integer(name: str, value: Any, minimum: int, hint: str = "") -> int:
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole:
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}{' ' + hint if hint else ''}, got {value!r}")
+    return int(value)

@@ -1,0 +1,74 @@
+"""The differentiable ops of the VGG feature graph: each forward beside its backward.
+
+A backward rule maps the upstream gradient ``dy`` of a step's output to the
+gradient of its input, using only ops that ONNX Runtime's CUDA provider runs and
+no shape-computing ops, so the whole loss-gradient graph can stay on the GPU.
+Adding an op is adding one entry to :data:`RULES`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from onnx import TensorProto
+
+from .builder import INT64_MAX, GraphBuilder
+
+
+@dataclass(frozen=True)
+class Step:
+    """One forward node: ``y = op(x, *params)``."""
+
+    op_type: str
+    x: str
+    y: str
+    params: tuple[str, ...] = ()
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rule:
+    forward: Callable[[GraphBuilder, Step], None]
+    backward: Callable[[GraphBuilder, Step, str], str]
+
+
+def _emit(b: GraphBuilder, step: Step) -> None:
+    b.op(step.op_type, step.x, *step.params, name=step.y, **step.attrs)
+
+
+def _conv_backward(b: GraphBuilder, step: Step, dy: str) -> str:
+    # A forward Conv with the kernel's in/out swapped and flipped (1.3-1.6x faster than
+    # ConvTranspose on CPU). Derived in-graph so ORT folds it to a constant at load.
+    swapped = b.op("Transpose", step.params[0], perm=[1, 0, 2, 3])
+    flipped = b.op("Slice", swapped, b.ints(-1, -1), b.ints(-INT64_MAX, -INT64_MAX), b.ints(2, 3), b.ints(-1, -1))
+    return b.op("Conv", dy, flipped, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+
+
+def _relu_backward(b: GraphBuilder, step: Step, dy: str) -> str:
+    # Mul by a 0/1 mask is ~8x faster than Where on CPU.
+    mask = b.op("Cast", b.op("Greater", step.y, b.const(0.0)), to=TensorProto.FLOAT)
+    return b.op("Mul", dy, mask)
+
+
+def _upsample2(b: GraphBuilder, x: str) -> str:
+    return b.op("Resize", x, "", b.const([1, 1, 2, 2]), mode="nearest",
+                coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+
+def _maxpool_backward(b: GraphBuilder, step: Step, dy: str) -> str:
+    # The gradient goes to the inputs equal to their window's max. Ties after a ReLU
+    # sit at 0 and are zeroed by the next ReLU backward. MaxUnpool would be CPU-only.
+    mask = b.op("Cast", b.op("Equal", step.x, _upsample2(b, step.y)), to=TensorProto.FLOAT)
+    return b.op("Mul", mask, _upsample2(b, dy))
+
+
+def _avgpool_backward(b: GraphBuilder, step: Step, dy: str) -> str:
+    return b.op("Mul", _upsample2(b, dy), b.const(0.25))
+
+
+RULES: dict[str, Rule] = {
+    "Conv": Rule(_emit, _conv_backward),
+    "Relu": Rule(_emit, _relu_backward),
+    "MaxPool": Rule(_emit, _maxpool_backward),
+    "AveragePool": Rule(_emit, _avgpool_backward),
+}
