@@ -1,15 +1,23 @@
 """Neural style transfer (Gatys et al., CVPR 2016) as an ONNX engine.
 
-The public API: what an embedding application imports.
+The public API, what an embedding application imports::
+
+    from engine import StyleTransfer, TransferConfig
+    result = StyleTransfer(TransferConfig(size=256)).run("content.jpg", "style.jpg", output="out.png")
 """
+__version__ = "0.1.0"
+
+from .config import Pooling, Provider, TransferConfig
 from .errors import (ConfigError, EngineError, ImageError, MemoryLimitError, ModelNotFoundError,
                      ProviderError, WeightsError)
 from .export import export_model
+from .presets import PRESETS, preset_config
+from .transfer import Evaluated, IterationDone, Prepared, Problem, StyleTransfer, TransferResult
 from .weights import VGGWeights, load_weights
 
-__version__ = "0.1.0"
-
 __all__ = [
-    "ConfigError", "EngineError", "ImageError", "MemoryLimitError", "ModelNotFoundError",
-    "ProviderError", "VGGWeights", "WeightsError", "export_model", "load_weights",
+    "ConfigError", "EngineError", "Evaluated", "ImageError", "IterationDone", "MemoryLimitError",
+    "ModelNotFoundError", "PRESETS", "Pooling", "Prepared", "Problem", "Provider", "ProviderError",
+    "StyleTransfer", "TransferConfig", "TransferResult", "VGGWeights", "WeightsError", "export_model",
+    "load_weights", "preset_config",
 ]

@@ -2,14 +2,23 @@
 from __future__ import annotations
 
 import functools
+import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
+import onnx
+import onnxruntime as ort
 import typer
 
 from . import vgg
-from .errors import EngineError
-from .export import export_model
+from .config import Pooling, Provider, TransferConfig
+from .errors import ConfigError, EngineError, ProviderError
+from .export import export_model, model_metadata
+from .models import search_dirs
+from .presets import PRESETS, preset_config
+from .runtime import probe_provider, versions
+from .transfer import Evaluated, IterationDone, Prepared, StyleTransfer, record_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Neural style transfer (Gatys et al.) on ONNX Runtime.")
@@ -52,6 +61,137 @@ def layers(arch: Annotated[str, typer.Argument(help="vgg16 or vgg19.")] = "vgg16
     usable = set(vgg.conv_layer_names(arch))
     for name in vgg.keras_layer_names(arch):
         typer.echo(f"{'*' if name in usable else ' '} {name}")
+
+
+def _csv(text: Optional[str], kind=str) -> Optional[tuple]:
+    if text is None:
+        return None
+    try:
+        return tuple(kind(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"'{text}' is not a comma-separated list of numbers, e.g. 1000,100,12,1,1") from None
+
+
+_DEFAULTS = TransferConfig()
+
+
+def _default(name: str) -> str:
+    value = getattr(_DEFAULTS, name)
+    if isinstance(value, tuple):
+        value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"[default: {value.value if hasattr(value, 'value') else value}, or the preset's]"
+
+
+@app.command()
+@user_errors
+def stylize(
+    content: Annotated[Path, typer.Argument(help="Content image (the photo).")],
+    style: Annotated[Path, typer.Argument(help="Style image (the painting).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output image (.png, .jpg, .tif, .webp).")],
+    preset: Annotated[Optional[str], typer.Option(
+        help=f"One of the seed's parameter sets: {', '.join(PRESETS)}. Flags override it.")] = None,
+    convnet: Annotated[Optional[str], typer.Option(help=f"vgg16 or vgg19. {_default('convnet')}")] = None,
+    content_layer: Annotated[Optional[str], typer.Option(help=_default("content_layer"))] = None,
+    style_layers: Annotated[Optional[str], typer.Option(help=f"Comma-separated. {_default('style_layers')}")] = None,
+    content_weight: Annotated[Optional[float], typer.Option(help=_default("content_weight"))] = None,
+    style_weights: Annotated[Optional[str], typer.Option(
+        help=f"Comma-separated, one per style layer. {_default('style_weights')}")] = None,
+    tv_weight: Annotated[Optional[float], typer.Option(help=_default("tv_weight"))] = None,
+    iterations: Annotated[Optional[int], typer.Option(help=_default("iterations"))] = None,
+    maxfun: Annotated[Optional[int], typer.Option(help=f"Evaluations per iteration. {_default('maxfun')}")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Seed of the start noise. {_default('seed')}")] = None,
+    size: Annotated[int, typer.Option(
+        help="Longest edge of the output in px; 0 keeps the content's own size.")] = 512,
+    pooling: Annotated[Optional[Pooling], typer.Option(help=_default("pooling"))] = None,
+    provider: Annotated[Provider, typer.Option(help="Execution provider.")] = Provider.AUTO,
+    save_every: Annotated[Optional[int], typer.Option(
+        help=f"Snapshot every N iterations, 0 for none. {_default('save_every')}")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result's path.")] = False,
+    models_dir: ModelsDir = None,
+):
+    """Paint CONTENT in the style of STYLE (Gatys et al.), as the seed's style_transfer does."""
+    settings = dict(
+        convnet=convnet, content_layer=content_layer, style_layers=_csv(style_layers),
+        content_weight=content_weight, style_weights=_csv(style_weights, float), tv_weight=tv_weight,
+        iterations=iterations, maxfun=maxfun, seed=seed, size=size or None, pooling=pooling,
+        save_every=save_every)
+    config = preset_config(preset, **settings) if preset else TransferConfig(
+        **{k: v for k, v in settings.items() if v is not None or k == "size"})
+    progress = Progress(config, quiet)
+    transfer = StyleTransfer(config, models_dir=models_dir, provider=provider)
+    try:
+        result = transfer.run(content, style, output, callback=progress)
+    except KeyboardInterrupt:
+        progress.close()
+        last = progress.last_snapshot
+        typer.secho(f"interrupted: {'last snapshot ' + str(last) + ', ' if last else ''}"
+                    f"record {record_path(output)}", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(130) from None
+    progress.close()
+    if not quiet:
+        typer.echo(f"done in {result.seconds:.1f} s on {result.provider}; record {result.record}", err=True)
+    typer.echo(str(result.output))
+
+
+class Progress:
+    """Renders the library's events: a one-line bar on a terminal, a line per iteration."""
+
+    def __init__(self, config: TransferConfig, quiet: bool):
+        self.config, self.quiet = config, quiet
+        self.tty = sys.stderr.isatty()
+        self.last_snapshot: Path | None = None
+        self.started = time.perf_counter()
+
+    def __call__(self, event) -> None:
+        if isinstance(event, IterationDone) and event.snapshot:
+            self.last_snapshot = event.snapshot
+        if self.quiet:
+            return
+        if isinstance(event, Prepared):
+            typer.echo(f"{event.width}x{event.height} px on {event.provider}, ready in {event.seconds:.1f} s",
+                       err=True)
+            self.started = time.perf_counter()
+        elif isinstance(event, Evaluated) and self.tty:
+            done = event.evaluation / event.total_evaluations
+            elapsed = time.perf_counter() - self.started
+            eta = elapsed / done * (1 - done) if done else 0
+            bar = "#" * int(30 * done)
+            sys.stderr.write(f"\r[{bar:<30}] {event.evaluation}/{event.total_evaluations} evals "
+                             f"loss {event.loss:.3e} eta {eta:.0f} s ")
+            sys.stderr.flush()
+        elif isinstance(event, IterationDone):
+            self.close()
+            saved = f", saved {event.snapshot}" if event.snapshot else ""
+            typer.echo(f"iteration {event.iteration}/{self.config.iterations}: loss {event.loss:.3e} "
+                       f"(content {event.content:.3e}, style {event.style:.3e}, tv {event.tv:.3e}), "
+                       f"{event.evaluations} evals, {event.seconds:.1f} s{saved}", err=True)
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+@app.command()
+@user_errors
+def info(models_dir: ModelsDir = None):
+    """Versions, ONNX Runtime's execution providers, the one a session really gets, and the models found."""
+    for name, version in versions().items():
+        typer.echo(f"{name:12} {version}")
+    typer.echo(f"{'providers':12} {', '.join(ort.get_available_providers())} (offered by this onnxruntime build)")
+    typer.echo(f"{'session gets':12} {probe_provider(Provider.AUTO)} (with --provider auto)")
+    try:
+        probe_provider(Provider.CUDA)
+        typer.echo(f"{'cuda':12} starts")
+    except ProviderError as exc:
+        typer.echo(f"{'cuda':12} not usable: {exc}")
+    typer.echo("models:")
+    for folder in search_dirs(models_dir):
+        typer.echo(f"  {folder}{'' if folder.is_dir() else ' (absent)'}")
+        for model in sorted(folder.glob("*.onnx")) if folder.is_dir() else []:
+            meta = model_metadata(onnx.load(model, load_external_data=False))
+            typer.echo(f"    {model.name}: {meta.get('architecture')} weights {meta.get('weights_sha256', '?')[:12]}"
+                       f" from {meta.get('weights_source')}")
 
 
 def main() -> None:

@@ -58,7 +58,8 @@ class GraphBuilder:
 
     # The few composite helpers the loss terms share.
     def sum_all(self, x: str) -> str:
-        return self.op("ReduceSum", x, keepdims=0)
+        # ORT's ReduceSum(keepdims=0) over all axes yields shape (1,), not a scalar: reshape to ().
+        return self.op("Reshape", self.op("ReduceSum", x, keepdims=1), self.ints())
 
     def sum_of_squares(self, x: str) -> str:
         return self.sum_all(self.op("Mul", x, x))
