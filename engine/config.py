@@ -81,13 +81,13 @@ class TransferConfig:
             object.__setattr__(self, name, value)
 
         vgg.check_architecture(self.convnet)
-        vgg.conv_layer(self.convnet, self.content_layer)
+        _check_layer(self.convnet, "content_layer", self.content_layer)
 
         style_layers = tuple(str(name) for name in _as_tuple(self.style_layers))
         if not style_layers:
             raise ConfigError("style_layers is empty: give at least one conv layer, e.g. block1_conv1")
         for name in style_layers:
-            vgg.conv_layer(self.convnet, name)
+            _check_layer(self.convnet, "style_layers", name)
             if style_layers.count(name) > 1:
                 raise ConfigError(f"style layer '{name}' is listed twice: give each layer once")
         put("style_layers", style_layers)
@@ -130,7 +130,8 @@ class TransferConfig:
         return self._deepest_downsampling()
 
     def size_multiple(self) -> int:
-        """Working sizes are a multiple of this, so every 2x2 pooling before the deepest layer sees even sizes."""
+        """The multiple (px) working sizes are rounded to: every 2x2 pooling before the
+        deepest chosen layer then sees even sizes, so no row or column is dropped."""
         return self._deepest_downsampling()
 
     def _deepest_downsampling(self) -> int:
@@ -145,6 +146,13 @@ def parse_choice(enum_cls: type[Enum], name: str, value: Any) -> Enum:
     except ValueError:
         options = ", ".join(member.value for member in enum_cls)
         raise ConfigError(f"unknown {name} {value!r}: choose one of {options}") from None
+
+
+def _check_layer(arch: str, field: str, name: str) -> None:
+    try:
+        vgg.conv_layer(arch, name)
+    except ConfigError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
 
 
 def _as_tuple(value: Any) -> tuple:
