@@ -1,0 +1,27 @@
+# The two commands of the README. Both set up everything they need on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXAMPLE_OUT := out/cat_starry_night.png
+
+.PHONY: example test clean
+
+# The main job: stylize the bundled cat photo with the bundled Starry Night.
+example: exported_models/vgg16.onnx
+	$(BIN)/nst stylize examples/content.jpg examples/style.jpg -o $(EXAMPLE_OUT) \
+		--preset starry_tubingen --size 256 --iterations 10
+	@echo "result: $(EXAMPLE_OUT) (snapshots and the run record $(basename $(EXAMPLE_OUT)).json beside it)"
+
+test: $(BIN)/nst
+	$(BIN)/python -m pytest
+
+exported_models/vgg16.onnx: | $(BIN)/nst
+	$(BIN)/nst export
+
+$(BIN)/nst: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) out exported_models/*.onnx exported_models/graphs
