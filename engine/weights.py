@@ -195,7 +195,7 @@ def _read_h5(path: Path) -> tuple[Layers, str]:
         ) from None
     try:
         with h5py.File(path, "r") as f:
-            layers = _h5_layers(f)
+            layers = _h5_layers(f, path)
     except OSError as exc:
         raise WeightsError(f"{path}: not a readable HDF5 file ({exc})") from None
     if not layers:
@@ -203,7 +203,7 @@ def _read_h5(path: Path) -> tuple[Layers, str]:
     return layers, path.name
 
 
-def _h5_layers(f) -> Layers:
+def _h5_layers(f, path: Path) -> Layers:
     """Keras 2 (``layer/weight_names``) and Keras 3 (``layers/<name>/vars/0``) layouts; kernels HWIO."""
     root = f["model_weights"] if "model_weights" in f else f
     layers: Layers = {}
@@ -216,6 +216,9 @@ def _h5_layers(f) -> Layers:
             group = root[name]
             weight_names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs.get("weight_names", [])]
             if len(weight_names) == 2:
+                absent = [n for n in weight_names if n not in group]
+                if absent:  # a truncated or hand-edited file
+                    raise WeightsError(f"{path}: layer {name} lists weight {absent[0]}, which the file does not hold")
                 arrays[name] = (group[weight_names[0]][()], group[weight_names[1]][()])
     for name, (kernel, bias) in arrays.items():
         if _LAYER_NAME.fullmatch(name) and kernel.ndim == 4:
@@ -225,10 +228,15 @@ def _h5_layers(f) -> Layers:
 
 def _read_npz(path: Path) -> tuple[Layers, str]:
     """The project's own layout: ``<layer>.weight`` (OIHW) and ``<layer>.bias`` arrays."""
+    # np.load takes anything that is not a zip for a lone .npy or a pickle (then raising
+    # EOFError, or advising allow_pickle), so check for the zip signature first.
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":
+            raise WeightsError(f"{path}: not a readable .npz file (not a zip archive of .npy arrays)")
     try:
         with np.load(path) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise WeightsError(f"{path}: not a readable .npz file ({exc})") from None
     layers = {
         key[: -len(".weight")]: _as_layer(arrays[key], arrays.get(key[: -len(".weight")] + ".bias", []))
