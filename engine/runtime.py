@@ -75,39 +75,48 @@ def create_session(model: str | Path | bytes, provider: Provider | str = Provide
     return ort.InferenceSession(model, options, providers=[CPU])
 
 
+def cuda_options(tf32: bool = True, cuda_graph: bool = False) -> dict[str, str]:
+    """CUDA provider options: TF32 convolutions/matmuls, and CUDA graph capture of the run."""
+    return {"use_tf32": str(int(tf32)), "enable_cuda_graph": str(int(cuda_graph)),
+            "cudnn_conv_algo_search": "EXHAUSTIVE"}
+
+
 class LossGradEvaluator:
-    """Runs the loss-gradient graph: image in, loss terms and gradient out, one run each."""
+    """Runs the loss-gradient graph: image in, loss terms and gradient out, one run each.
+
+    Every input and output is bound once to a fixed buffer on the session's device,
+    so an evaluation moves only the image in and the gradient and scalar terms out,
+    and a CUDA session can replay a captured CUDA graph.
+    """
 
     def __init__(self, session: ort.InferenceSession, constants: dict[str, np.ndarray], shape: tuple[int, ...]):
         self.session = session
         self.provider = session.get_providers()[0]
+        self.shape = tuple(shape)
         device = "cuda" if self.provider == CUDA else "cpu"
         self._binding = session.io_binding()
-        # Kept alive here: the binding refers to their memory.
-        self._constants = {name: ort.OrtValue.ortvalue_from_numpy(np.asarray(value, np.float32, order="C"), device)
-                           for name, value in constants.items()}
-        for name, value in self._constants.items():
-            self._binding.bind_ortvalue_input(name, value)
         self._image_host = np.zeros(shape, np.float32)
-        self._image = ort.OrtValue.ortvalue_from_numpy(self._image_host, device)
-        self._binding.bind_ortvalue_input(INPUT_NAME, self._image)
-        self._grad = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, device)
-        self.scalar_names = [o.name for o in session.get_outputs() if o.name != GRAD]
-        for name in self.scalar_names:
-            self._binding.bind_output(name, "cpu")
-        self._binding.bind_ortvalue_output(GRAD, self._grad)
+        inputs = {name: np.asarray(value, np.float32, order="C") for name, value in constants.items()}
+        inputs[INPUT_NAME] = self._image_host
+        # Held here for their lifetime: the binding points into their memory.
+        self._inputs = {name: ort.OrtValue.ortvalue_from_numpy(value, device) for name, value in inputs.items()}
+        for name, value in self._inputs.items():
+            self._binding.bind_ortvalue_input(name, value)
+        self._outputs = {o.name: ort.OrtValue.ortvalue_from_shape_and_type(
+            list(shape) if o.name == GRAD else [], np.float32, device) for o in session.get_outputs()}
+        for name, value in self._outputs.items():
+            self._binding.bind_ortvalue_output(name, value)
         self._on_cpu = device == "cpu"
 
     def __call__(self, image: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-        """``image`` (any float dtype, shape or flat) -> ({output: value}, grad float32 (1,3,H,W))."""
-        if self._on_cpu:
-            np.copyto(self._image_host, image.reshape(self._image_host.shape), casting="same_kind")
+        """``image`` (any float dtype, (1,3,H,W) or flat) -> ({output: value}, grad float32 (1,3,H,W))."""
+        if self._on_cpu:  # the bound OrtValue shares this array's memory
+            np.copyto(self._image_host, np.reshape(image, self.shape), casting="same_kind")
         else:
-            self._image.update_inplace(np.asarray(image, np.float32).reshape(self._image_host.shape))
+            self._inputs[INPUT_NAME].update_inplace(np.asarray(image, np.float32).reshape(self.shape))
         self.session.run_with_iobinding(self._binding)
-        outputs = self._binding.get_outputs()
-        scalars = {name: float(outputs[i].numpy()) for i, name in enumerate(self.scalar_names)}
-        return scalars, self._grad.numpy()
+        scalars = {name: float(value.numpy()) for name, value in self._outputs.items() if name != GRAD}
+        return scalars, self._outputs[GRAD].numpy()
 
 
 def probe_provider(provider: Provider | str = Provider.AUTO) -> str:
