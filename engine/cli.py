@@ -104,6 +104,9 @@ def stylize(
         help="Longest edge of the output in px; 0 keeps the content's own size.")] = 512,
     pooling: Annotated[Optional[Pooling], typer.Option(help=_default("pooling"))] = None,
     provider: Annotated[Provider, typer.Option(help="Execution provider.")] = Provider.AUTO,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for ONNX Runtime (default: all cores).")] = None,
+    tf32: Annotated[bool, typer.Option(help="On CUDA, let convolutions use TF32 tensor cores.")] = True,
+    cuda_graph: Annotated[bool, typer.Option(help="On CUDA, replay each evaluation as a captured CUDA graph.")] = True,
     save_every: Annotated[Optional[int], typer.Option(
         help=f"Snapshot every N iterations, 0 for none. {_default('save_every')}")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result's path.")] = False,
@@ -118,7 +121,8 @@ def stylize(
     config = preset_config(preset, **settings) if preset else TransferConfig(
         **{k: v for k, v in settings.items() if v is not None or k == "size"})
     progress = Progress(config, quiet)
-    transfer = StyleTransfer(config, models_dir=models_dir, provider=provider)
+    transfer = StyleTransfer(config, models_dir=models_dir, provider=provider, threads=threads,
+                             tf32=tf32, cuda_graph=cuda_graph)
     try:
         result = transfer.run(content, style, output, callback=progress)
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ from .export import INPUT_NAME, model_metadata
 from .files import atomic_write_text
 from .graph import lossgrad
 from .models import find_model
-from .runtime import LossGradEvaluator, create_session, versions
+from .runtime import LossGradEvaluator, create_session, cuda_options, versions
 
 ImageSource = Union[str, Path, Image.Image]
 
@@ -95,6 +95,7 @@ class Problem:
         self.model = model
         self.graph = graph
         self.evaluations = 0
+        self.runtime: dict = {"provider": self.provider}
         self._recent: list[tuple[np.ndarray, dict[str, float]]] = []
 
     @property
@@ -148,15 +149,20 @@ class StyleTransfer:
 
     ``models_dir``: where exported models are looked for first; ``provider``:
     "auto" (CUDA when it starts, else CPU), "cuda" or "cpu"; ``threads``: ONNX
-    Runtime intra-op threads (None: all cores).
+    Runtime intra-op threads (None: all cores). On CUDA, ``tf32`` lets convolutions
+    and matmuls use TF32 tensor cores, and ``cuda_graph`` replays each evaluation
+    as one captured CUDA graph (the image size is fixed during a run).
     """
 
     def __init__(self, config: TransferConfig | None = None, models_dir: str | Path | None = None,
-                 provider: Provider | str = Provider.AUTO, threads: int | None = None):
+                 provider: Provider | str = Provider.AUTO, threads: int | None = None,
+                 tf32: bool = True, cuda_graph: bool = True):
         self.config = config or TransferConfig()
         self.models_dir = models_dir
         self.provider = Provider(provider)
         self.threads = threads
+        self.tf32 = tf32
+        self.cuda_graph = cuda_graph
 
     def prepare(self, content: ImageSource, style: ImageSource) -> Problem:
         """Load and resize the images, compute the targets, open the loss-gradient session."""
@@ -173,7 +179,7 @@ class StyleTransfer:
         graph = lossgrad.loss_graph_path(model, cfg.content_layer, cfg.style_layers, cfg.pooling.value)
         content_x = images.preprocess(content_image, (width, height))
         style_x = images.preprocess(style_image, (width, height))   # the seed resizes the style to the content
-        features = create_session(model, self.provider, self.threads)
+        features = create_session(model, self.provider, self.threads, cuda_options(self.tf32))
         content_features = features.run([cfg.content_layer], {INPUT_NAME: content_x})[0]
         style_features = dict(zip(cfg.style_layers, features.run(list(cfg.style_layers), {INPUT_NAME: style_x})))
         del features
@@ -189,9 +195,13 @@ class StyleTransfer:
             # The seed's 1/(4 (h w)^2) per layer and its 1/len(style_layers), folded into one scalar.
             constants[lossgrad.style_weight(layer)] = np.array(
                 weight / len(cfg.style_layers) / (4.0 * flat.shape[1] ** 2), np.float32)
-        session = create_session(graph, self.provider, self.threads)
+        session = create_session(graph, self.provider, self.threads, cuda_options(self.tf32, self.cuda_graph))
         evaluator = LossGradEvaluator(session, constants, content_x.shape)
-        return Problem(cfg, evaluator, content_x, style_x, output_size, model, graph)
+        problem = Problem(cfg, evaluator, content_x, style_x, output_size, model, graph)
+        problem.runtime = {"provider": problem.provider, "threads": self.threads}
+        if problem.provider == "CUDAExecutionProvider":
+            problem.runtime.update(tf32=self.tf32, cuda_graph=self.cuda_graph)
+        return problem
 
     def run(self, content: ImageSource, style: ImageSource, output: str | Path | None = None,
             callback: Callback | None = None) -> TransferResult:
@@ -266,6 +276,7 @@ def _write_record(result: TransferResult, problem: Problem, content: ImageSource
                   "weights_sha256": meta.get("weights_sha256"), "weights_source": meta.get("weights_source")},
         "loss_graph": str(problem.graph),
         "provider": problem.provider,
+        "runtime": problem.runtime,
         "working_size": [problem.shape[3], problem.shape[2]],
         "output_size": list(problem.output_size),
         "versions": versions(),
