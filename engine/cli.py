@@ -12,7 +12,8 @@ import onnxruntime as ort
 import typer
 
 from . import vgg
-from .config import Pooling, Provider, TransferConfig
+from .config import (OptimizerMode, Pooling, PreserveColors, Provider, StyleNormalization,
+                     TransferConfig)
 from .errors import ConfigError, EngineError, ProviderError
 from .export import export_model, model_metadata
 from .models import search_dirs
@@ -86,8 +87,11 @@ def _default(name: str) -> str:
 @user_errors
 def stylize(
     content: Annotated[Path, typer.Argument(help="Content image (the photo).")],
-    style: Annotated[Path, typer.Argument(help="Style image (the painting).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output image (.png, .jpg, .tif, .webp).")],
+    style: Annotated[Optional[str], typer.Argument(
+        help="Style image(s), comma-separated to blend several (or use --style).", show_default=False)] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output image (.png, .jpg, .tif, .webp).")] = ...,
+    style_option: Annotated[Optional[str], typer.Option(
+        "--style", help="Style image(s), comma-separated, instead of the STYLE argument.")] = None,
     preset: Annotated[Optional[str], typer.Option(
         help=f"One of the seed's parameter sets: {', '.join(PRESETS)}. Flags override it.")] = None,
     convnet: Annotated[Optional[str], typer.Option(help=f"vgg16 or vgg19. {_default('convnet')}")] = None,
@@ -97,12 +101,38 @@ def stylize(
     style_weights: Annotated[Optional[str], typer.Option(
         help=f"Comma-separated, one per style layer. {_default('style_weights')}")] = None,
     tv_weight: Annotated[Optional[float], typer.Option(help=_default("tv_weight"))] = None,
-    iterations: Annotated[Optional[int], typer.Option(help=_default("iterations"))] = None,
+    iterations: Annotated[Optional[int], typer.Option(help=f"Iterations per scale. {_default('iterations')}")] = None,
     maxfun: Annotated[Optional[int], typer.Option(help=f"Evaluations per iteration. {_default('maxfun')}")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seed of the start noise. {_default('seed')}")] = None,
     size: Annotated[int, typer.Option(
         help="Longest edge of the output in px; 0 keeps the content's own size.")] = 512,
+    init: Annotated[Optional[str], typer.Option(
+        help=f"Start image: noise, content, style or an image file. {_default('init')}")] = None,
+    style_blend: Annotated[Optional[str], typer.Option(
+        help="Comma-separated weights, one per style image (normalised to sum 1).")] = None,
+    preserve_colors: Annotated[Optional[PreserveColors], typer.Option(
+        help=f"Keep the content's colours. {_default('preserve_colors')}")] = None,
+    style_scale: Annotated[Optional[float], typer.Option(
+        help="Style image's longest edge relative to the output's (default: resized to the output, as the seed).")] = None,
+    scales: Annotated[Optional[int], typer.Option(help=f"Sizes, coarse to fine. {_default('scales')}")] = None,
+    min_size: Annotated[Optional[int], typer.Option(
+        help="Longest edge of the coarsest scale (default: size / 2**(scales-1)).")] = None,
+    scale_iterations: Annotated[Optional[str], typer.Option(
+        help="Comma-separated iterations per scale, coarse to fine (default: --iterations at each).")] = None,
     pooling: Annotated[Optional[Pooling], typer.Option(help=_default("pooling"))] = None,
+    optimizer_mode: Annotated[Optional[OptimizerMode], typer.Option(
+        help=f"seed: L-BFGS restarted every iteration; continuous: one run. {_default('optimizer_mode')}")] = None,
+    tol: Annotated[Optional[float], typer.Option(
+        help="Stop when the relative loss reduction falls below this (default: never stop early).")] = None,
+    clip_pixels: Annotated[Optional[bool], typer.Option(
+        "--clip-pixels", help="Keep pixels within 0..255 through L-BFGS-B bounds.")] = None,
+    style_normalization: Annotated[Optional[StyleNormalization], typer.Option(
+        help=f"raw: the weights as given; gatys: times 1e3/C^2 per layer. {_default('style_normalization')}")] = None,
+    sheet: Annotated[Optional[bool], typer.Option("--sheet", help="Also write a contact sheet of the snapshots.")] = None,
+    gif: Annotated[Optional[bool], typer.Option("--gif", help="Also write an animated GIF of the snapshots.")] = None,
+    plot: Annotated[Optional[bool], typer.Option(
+        "--plot", help="Also write a loss-curve PNG (needs matplotlib: the 'plot' extra).")] = None,
+    bit_depth: Annotated[Optional[int], typer.Option(help="8, or 16 for 16-bit PNG/TIFF output.")] = None,
     provider: Annotated[Provider, typer.Option(help="Execution provider.")] = Provider.AUTO,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for ONNX Runtime (default: all cores).")] = None,
     tf32: Annotated[bool, typer.Option(help="On CUDA, let convolutions use TF32 tensor cores.")] = True,
@@ -113,18 +143,24 @@ def stylize(
     models_dir: ModelsDir = None,
 ):
     """Paint CONTENT in the style of STYLE (Gatys et al.), as the seed's style_transfer does."""
+    if (style is None) == (style_option is None):
+        raise ConfigError("give the style image(s) either as the STYLE argument or with --style, once")
+    styles = [Path(p) for p in _csv(style or style_option)]
     settings = dict(
         convnet=convnet, content_layer=content_layer, style_layers=_csv(style_layers),
         content_weight=content_weight, style_weights=_csv(style_weights, float), tv_weight=tv_weight,
         iterations=iterations, maxfun=maxfun, seed=seed, size=size or None, pooling=pooling,
-        save_every=save_every)
+        save_every=save_every, init=init, style_blend=_csv(style_blend, float), preserve_colors=preserve_colors,
+        style_scale=style_scale, scales=scales, min_size=min_size, scale_iterations=_csv(scale_iterations, int),
+        optimizer_mode=optimizer_mode, tol=tol, clip_pixels=clip_pixels,
+        style_normalization=style_normalization, sheet=sheet, gif=gif, plot=plot, bit_depth=bit_depth)
     config = preset_config(preset, **settings) if preset else TransferConfig(
         **{k: v for k, v in settings.items() if v is not None or k == "size"})
-    progress = Progress(config, quiet)
+    progress = Progress(quiet)
     transfer = StyleTransfer(config, models_dir=models_dir, provider=provider, threads=threads,
                              tf32=tf32, cuda_graph=cuda_graph)
     try:
-        result = transfer.run(content, style, output, callback=progress)
+        result = transfer.run(content, styles, output, callback=progress)
     except KeyboardInterrupt:
         progress.close()
         last = progress.last_snapshot
@@ -140,8 +176,8 @@ def stylize(
 class Progress:
     """Renders the library's events: a one-line bar on a terminal, a line per iteration."""
 
-    def __init__(self, config: TransferConfig, quiet: bool):
-        self.config, self.quiet = config, quiet
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self.last_snapshot: Path | None = None
         self.started = time.perf_counter()
@@ -152,7 +188,8 @@ class Progress:
         if self.quiet:
             return
         if isinstance(event, Prepared):
-            typer.echo(f"{event.width}x{event.height} px on {event.provider}, ready in {event.seconds:.1f} s",
+            scale = f"scale {event.scale}/{event.scales}: " if event.scales > 1 else ""
+            typer.echo(f"{scale}{event.width}x{event.height} px on {event.provider}, ready in {event.seconds:.1f} s",
                        err=True)
             self.started = time.perf_counter()
         elif isinstance(event, Evaluated) and self.tty:
@@ -166,7 +203,7 @@ class Progress:
         elif isinstance(event, IterationDone):
             self.close()
             saved = f", saved {event.snapshot}" if event.snapshot else ""
-            typer.echo(f"iteration {event.iteration}/{self.config.iterations}: loss {event.loss:.3e} "
+            typer.echo(f"iteration {event.iteration}: loss {event.loss:.3e} "
                        f"(content {event.content:.3e}, style {event.style:.3e}, tv {event.tv:.3e}), "
                        f"{event.evaluations} evals, {event.seconds:.1f} s{saved}", err=True)
 

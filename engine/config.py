@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from pathlib import Path
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
@@ -36,6 +37,19 @@ class Init(str, Enum):
     STYLE = "style"
 
 
+class PreserveColors(str, Enum):
+    """Keep the content's colours: NONE, LUMINANCE (style on luminance only), HISTOGRAM (style recoloured)."""
+    NONE = "none"
+    LUMINANCE = "luminance"
+    HISTOGRAM = "histogram"
+
+
+class StyleNormalization(str, Enum):
+    """Per-layer style weighting: RAW (the seed's weights as given) or GATYS (times 1e3/C^2)."""
+    RAW = "raw"
+    GATYS = "gatys"
+
+
 class OptimizerMode(str, Enum):
     """SEED restarts L-BFGS every iteration as the seed does; CONTINUOUS keeps its curvature memory."""
     SEED = "seed"
@@ -59,6 +73,26 @@ class TransferConfig:
     size:           longest edge of the output in px; None keeps the content image's size.
     pooling:        Pooling.MAX (as trained) or Pooling.AVG; a plain "max"/"avg" is accepted.
     save_every:     save a snapshot every N iterations; 0 saves none.
+    init:           start image: "noise" (the seed's uniform(0,255)-128), "content", "style",
+                    or the path of an image file.
+    style_blend:    one weight per style image when several are given (normalised to sum 1);
+                    None weighs them equally.
+    preserve_colors: PreserveColors: keep the content's colours (luminance-only transfer, or
+                    the style's colour histogram matched to the content's).
+    style_scale:    the style image's longest edge relative to the output's (aspect kept);
+                    None resizes it to the output size, as the seed does.
+    scales:         number of sizes, coarse to fine, the result of each the start of the next.
+    min_size:       longest edge of the first (coarsest) size; None: size / 2**(scales-1).
+    scale_iterations: iterations at each size, coarse to fine; None: ``iterations`` at each.
+    optimizer_mode: OptimizerMode.SEED restarts L-BFGS every iteration as the seed does;
+                    CONTINUOUS is one L-BFGS run of iterations*maxfun evaluations.
+    tol:            stop early when the relative loss reduction falls below tol; None never stops early.
+    clip_pixels:    keep pixels within 0..255 through L-BFGS-B's box constraints.
+    style_normalization: StyleNormalization: RAW (the seed's) or GATYS (each layer's weight
+                    times 1e3 / C**2, C its channel count, so weights carry across networks).
+    sheet, gif, plot: also write a contact sheet of the snapshots, an animated GIF of them, and
+                    a loss-curve PNG (plot needs matplotlib: the 'plot' extra).
+    bit_depth:      8, or 16 for 16-bit PNG/TIFF output.
     """
 
     convnet: str = "vgg16"
@@ -74,6 +108,21 @@ class TransferConfig:
     size: int | None = None
     pooling: Pooling = Pooling.MAX
     save_every: int = 1
+    init: str = "noise"
+    style_blend: tuple[float, ...] | None = None
+    preserve_colors: PreserveColors = PreserveColors.NONE
+    style_scale: float | None = None
+    scales: int = 1
+    min_size: int | None = None
+    scale_iterations: tuple[int, ...] | None = None
+    optimizer_mode: OptimizerMode = OptimizerMode.SEED
+    tol: float | None = None
+    clip_pixels: bool = False
+    style_normalization: StyleNormalization = StyleNormalization.RAW
+    sheet: bool = False
+    gif: bool = False
+    plot: bool = False
+    bit_depth: int = 8
 
     def __post_init__(self) -> None:
         # Frozen: normalised values go in through object.__setattr__, once, here.
@@ -108,6 +157,38 @@ class TransferConfig:
         if self.size is not None:
             put("size", _integer("size", self.size, 16, "px (or None to keep the content image's size)"))
         put("pooling", parse_choice(Pooling, "pooling", self.pooling))
+
+        put("init", str(self.init))
+        if self.init not in {i.value for i in Init} and not Path(self.init).is_file():
+            raise ConfigError(f"init '{self.init}' is neither noise, content, style nor an existing image file")
+        if self.style_blend is not None:
+            blend = tuple(_weight("style_blend", w) for w in _as_tuple(self.style_blend))
+            if not sum(blend) > 0:
+                raise ConfigError("style_blend weights are all 0: give at least one positive weight")
+            put("style_blend", blend)
+        put("preserve_colors", parse_choice(PreserveColors, "preserve_colors", self.preserve_colors))
+        if self.style_scale is not None:
+            scale = _weight("style_scale", self.style_scale)
+            if not 0.05 <= scale <= 8:
+                raise ConfigError(f"style_scale must be between 0.05 and 8, got {scale:g}")
+            put("style_scale", scale)
+        put("scales", _integer("scales", self.scales, 1))
+        if self.min_size is not None:
+            put("min_size", _integer("min_size", self.min_size, self.min_image_size(),
+                                     "px for the deepest chosen layer"))
+        if self.scale_iterations is not None:
+            put("scale_iterations", tuple(_integer("scale_iterations", n, 1) for n in _as_tuple(self.scale_iterations)))
+        put("optimizer_mode", parse_choice(OptimizerMode, "optimizer_mode", self.optimizer_mode))
+        if self.tol is not None:
+            tol = _weight("tol", self.tol)
+            if tol <= 0:
+                raise ConfigError("tol must be > 0 (or None to never stop early)")
+            put("tol", tol)
+        put("style_normalization", parse_choice(StyleNormalization, "style_normalization", self.style_normalization))
+        for flag in ("clip_pixels", "sheet", "gif", "plot"):
+            put(flag, bool(getattr(self, flag)))
+        if self.bit_depth not in (8, 16):
+            raise ConfigError(f"bit_depth must be 8 or 16, got {self.bit_depth!r}")
 
     def replace(self, **changes: Any) -> TransferConfig:
         """A copy with ``changes`` applied, validated again."""

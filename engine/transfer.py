@@ -5,35 +5,39 @@ Progress leaves as typed events through a callback; this module never prints.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import onnx
 from PIL import Image
-from scipy.optimize import fmin_l_bfgs_b
 
-from . import images
-from .config import Provider, TransferConfig
+from . import images, vgg
+from .config import Init, PreserveColors, Provider, StyleNormalization, TransferConfig
 from .errors import ConfigError
 from .export import INPUT_NAME, model_metadata
 from .files import atomic_write_text
 from .graph import lossgrad
 from .models import find_model
+from .optimize import optimize
 from .runtime import LossGradEvaluator, create_session, cuda_options, versions
 
 ImageSource = Union[str, Path, Image.Image]
+Styles = Union[ImageSource, Sequence[ImageSource]]
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """Targets are computed and the loss-gradient session is ready."""
+    """Targets are computed and the loss-gradient session is ready (once per scale)."""
     width: int
     height: int
     provider: str
     seconds: float
+    scale: int = 1
+    scales: int = 1
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,10 @@ class Evaluated:
 
 @dataclass(frozen=True)
 class IterationDone:
-    """One outer iteration (one fmin_l_bfgs_b call) finished; ``snapshot`` is None when not saved."""
+    """One iteration finished (one fmin_l_bfgs_b call, or maxfun evaluations in continuous mode).
+
+    Loss terms are the true, weighted ones; ``snapshot`` is None when none was saved.
+    """
     iteration: int
     loss: float
     content: float
@@ -55,11 +62,13 @@ class IterationDone:
     evaluations: int
     seconds: float
     snapshot: Path | None
+    width: int = 0
+    height: int = 0
 
     def record(self) -> dict:
         return {"iteration": self.iteration, "loss": self.loss, "content": self.content,
                 "style": self.style, "tv": self.tv, "evaluations": self.evaluations,
-                "seconds": round(self.seconds, 4)}
+                "seconds": round(self.seconds, 4), "size": [self.width, self.height]}
 
 
 Event = Union[Prepared, Evaluated, IterationDone]
@@ -77,7 +86,7 @@ class TransferResult:
 
 
 class Problem:
-    """One content/style pair bound to a loss-gradient session.
+    """One content/style pair at one size, bound to a loss-gradient session.
 
     ``loss_and_grad(x)`` takes x (1, 3, H, W) or flat, in the seed's convention
     (BGR, mean subtracted, 0-255), and returns the total loss and dloss/dx with
@@ -85,17 +94,16 @@ class Problem:
     """
 
     def __init__(self, config: TransferConfig, evaluator: LossGradEvaluator, content: np.ndarray,
-                 style: np.ndarray, output_size: tuple[int, int], model: Path, graph: Path):
+                 styles: list[np.ndarray], output_size: tuple[int, int], colour_source: Image.Image | None):
         self.config = config
         self.evaluator = evaluator
         self.content = content
-        self.style = style
+        self.styles = styles
         self.shape = content.shape
         self.output_size = output_size
-        self.model = model
-        self.graph = graph
         self.evaluations = 0
         self.runtime: dict = {"provider": self.provider}
+        self._colour_source = colour_source
         self._recent: list[tuple[np.ndarray, dict[str, float]]] = []
 
     @property
@@ -118,15 +126,38 @@ class Problem:
         return _summary(terms)
 
     def initial_image(self) -> np.ndarray:
-        """The seed's start: uniform(0, 255) - 128 noise, from ``config.seed``."""
-        return np.random.default_rng(self.config.seed).uniform(0, 255, self.shape) - 128.0
+        """The start image of ``config.init``: the seed's uniform(0, 255) - 128 noise (from
+        ``config.seed``), the content, the (first) style, or an image file."""
+        init = self.config.init
+        if init == Init.NOISE.value:
+            return np.random.default_rng(self.config.seed).uniform(0, 255, self.shape) - 128.0
+        if init == Init.CONTENT.value:
+            return self.content.astype(np.float64)
+        if init == Init.STYLE.value:
+            return self.styles[0].astype(np.float64)
+        size = (self.shape[3], self.shape[2])
+        return images.preprocess(images.load_image(init), size).astype(np.float64)
+
+    def bounds(self) -> list[tuple[float, float]]:
+        """Per-pixel box constraints keeping every channel within 0..255 (BGR, mean subtracted)."""
+        pixels = self.shape[2] * self.shape[3]
+        return [(-mean, 255.0 - mean) for mean in vgg.MEAN_BGR for _ in range(pixels)]
+
+    def to_rgb(self, x: np.ndarray) -> np.ndarray:
+        """x in the seed's convention -> float32 (H, W, 3) RGB 0..255 at the output size."""
+        bgr = np.asarray(x, np.float32).reshape(self.shape)[0] + np.asarray(vgg.MEAN_BGR, np.float32)[:, None, None]
+        rgb = np.clip(bgr[::-1].transpose(1, 2, 0), 0, 255)
+        if (rgb.shape[1], rgb.shape[0]) != self.output_size:
+            rgb = np.stack([np.asarray(Image.fromarray(rgb[..., c]).resize(self.output_size, Image.Resampling.LANCZOS))
+                            for c in range(3)], axis=-1).clip(0, 255)
+        if self._colour_source is not None:
+            from . import colors  # TEMP until colors.py lands
+            rgb = colors.recombine_luminance(rgb, self._colour_source)
+        return rgb
 
     def to_image(self, x: np.ndarray) -> np.ndarray:
         """x in the seed's convention -> uint8 (H, W, 3) RGB at the output size."""
-        rgb = images.deprocess(np.asarray(x, np.float32).reshape(self.shape))
-        if (rgb.shape[1], rgb.shape[0]) != self.output_size:
-            rgb = np.asarray(Image.fromarray(rgb).resize(self.output_size, Image.Resampling.LANCZOS))
-        return rgb
+        return np.round(self.to_rgb(x)).astype(np.uint8)
 
 
 def _summary(terms: dict[str, float]) -> dict[str, float]:
@@ -142,6 +173,26 @@ def snapshot_path(output: Path, iteration: int) -> Path:
 
 def record_path(output: Path) -> Path:
     return output.with_suffix(".json")
+
+
+def _as_list(styles: Styles) -> list[ImageSource]:
+    return list(styles) if isinstance(styles, (list, tuple)) else [styles]
+
+
+def _load(source: ImageSource) -> Image.Image:
+    return source.convert("RGB") if isinstance(source, Image.Image) else images.load_image(source)
+
+
+def _name(source: ImageSource) -> str:
+    return "<image>" if isinstance(source, Image.Image) else str(source)
+
+
+def _resize_x(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Resize an image in the seed's convention (1,3,h,w) to ``shape``, channel by channel."""
+    size = (shape[3], shape[2])
+    planes = [np.asarray(Image.fromarray(np.asarray(plane, np.float32)).resize(size, Image.Resampling.BICUBIC))
+              for plane in x.reshape(3, x.shape[2], x.shape[3])]
+    return np.stack(planes)[None].astype(np.float64)
 
 
 class StyleTransfer:
@@ -163,126 +214,260 @@ class StyleTransfer:
         self.threads = threads
         self.tf32 = tf32
         self.cuda_graph = cuda_graph
+        self._sessions: dict = {}
 
-    def prepare(self, content: ImageSource, style: ImageSource) -> Problem:
-        """Load and resize the images, compute the targets, open the loss-gradient session."""
+    # -- building blocks ---------------------------------------------------------------
+
+    def _session(self, kind: str):
+        """The model, graphs and sessions, opened once and shared by every size of a run."""
+        if kind not in self._sessions:
+            cfg = self.config
+            if "graphs" not in self._sessions:
+                model = find_model(cfg.convnet, self.models_dir)
+                self._sessions["model"] = model
+                self._sessions["graphs"] = lossgrad.graph_paths(
+                    model, lossgrad.LayerChoice(cfg.content_layer, cfg.style_layers, cfg.pooling.value))
+            graphs = self._sessions["graphs"]
+            source = {"features": self._sessions["model"], "targets": graphs.targets, "loss": graphs.loss}[kind]
+            options = cuda_options(self.tf32, cuda_graph=self.cuda_graph and kind == "loss")
+            self._sessions[kind] = create_session(source, self.provider, self.threads, options)
+        return self._sessions[kind]
+
+    def _pool_scales(self, content_x: np.ndarray) -> dict[str, np.ndarray]:
+        """With average pooling, each pool's output times mean(maxpool(a)) / mean(a) on the
+        content image, so activations keep the magnitudes the layer weights were chosen for."""
+        graphs = self._sessions["graphs"]
+        if not graphs.pools:
+            return {}
+        # Each pool's input is the last conv of its block.
+        pool_input = {lossgrad.pool_scale(f"block{l.block}_pool"): l.name for l in vgg.conv_layers(self.config.convnet)}
+        acts = self._session("features").run([pool_input[name] for name in graphs.pools], {INPUT_NAME: content_x})
+        scales = {}
+        for name, a in zip(graphs.pools, acts):
+            c, h, w = a.shape[1:]
+            maxed = a[0].reshape(c, h // 2, 2, w // 2, 2).max(axis=(2, 4))
+            scales[name] = np.array(maxed.mean() / max(float(a.mean()), 1e-12), np.float32)
+        return scales
+
+    def prepare(self, content: ImageSource, style: Styles, size: int | None = None) -> Problem:
+        """Load and resize the images, compute the targets, bind the loss-gradient session.
+
+        ``style``: one image or several (blended by ``config.style_blend``); ``size``
+        overrides ``config.size`` (the longest edge; None keeps the content's size).
+        """
         cfg = self.config
-        content_image, style_image = _load(content), _load(style)
-        output_size = images.working_size(content_image.size, cfg.size)
-        width, height = images.working_size(content_image.size, cfg.size, cfg.size_multiple())
+        sources = _as_list(style)
+        self._check_styles(sources)
+        content_image, style_images = _load(content), [_load(s) for s in sources]
+        output_size = images.working_size(content_image.size, size if size is not None else cfg.size)
+        width, height = images.working_size(content_image.size, max(output_size), cfg.size_multiple())
         if min(width, height) < cfg.min_image_size():
             raise ConfigError(
-                f"the image is {width}x{height} px, too small for layer depth of "
-                f"{cfg.content_layer}/{', '.join(cfg.style_layers)}: use --size {cfg.min_image_size()} "
-                "or more, or shallower layers")
-        model = find_model(cfg.convnet, self.models_dir)
-        graph = lossgrad.loss_graph_path(model, cfg.content_layer, cfg.style_layers, cfg.pooling.value)
+                f"the image would be {width}x{height} px, too small for the deepest chosen layer "
+                f"(needs {cfg.min_image_size()} px per side): use a larger --size (or --min-size), "
+                "or shallower layers")
+        colour_source = None
+        if cfg.preserve_colors is PreserveColors.HISTOGRAM:
+            from . import colors  # TEMP until colors.py lands
+            style_images = [colors.match_histogram(s, content_image) for s in style_images]
+        elif cfg.preserve_colors is PreserveColors.LUMINANCE:
+            from . import colors  # TEMP until colors.py lands
+            colour_source = content_image
+            content_image = colors.luminance_only(content_image)
+            style_images = [colors.match_luminance(colors.luminance_only(s), content_image) for s in style_images]
+
         content_x = images.preprocess(content_image, (width, height))
-        style_x = images.preprocess(style_image, (width, height))   # the seed resizes the style to the content
-        features = create_session(model, self.provider, self.threads, cuda_options(self.tf32))
-        content_features = features.run([cfg.content_layer], {INPUT_NAME: content_x})[0]
-        style_features = dict(zip(cfg.style_layers, features.run(list(cfg.style_layers), {INPUT_NAME: style_x})))
-        del features
+        styles_x = [images.preprocess(s, self._style_size(s.size, (width, height))) for s in style_images]
+        self._session("targets")
+        scales = self._pool_scales(content_x)
+        targets = self._sessions["targets"]
+        content_features = targets.run([lossgrad.features_output(cfg.content_layer)],
+                                       {INPUT_NAME: content_x, **scales})[0]
+        blend = np.asarray(cfg.style_blend or [1.0] * len(styles_x), np.float64)
+        blend = blend / blend.sum()
+        grams = {layer: 0.0 for layer in cfg.style_layers}
+        for weight, x in zip(blend, styles_x):
+            outputs = targets.run([lossgrad.gram_output(l) for l in cfg.style_layers], {INPUT_NAME: x, **scales})
+            # Gram sums grow with the positions summed over: rescale a style of another size to the output's.
+            positions = (width * height) / (x.shape[2] * x.shape[3])
+            for layer, g in zip(cfg.style_layers, outputs):
+                grams[layer] = grams[layer] + weight * positions * g.astype(np.float64)
+
         constants = {
             lossgrad.CONTENT_TARGET: content_features,
             lossgrad.CONTENT_WEIGHT: np.array(cfg.content_weight, np.float32),
             lossgrad.TV_WEIGHT: np.array(cfg.tv_weight, np.float32),
+            **scales,
         }
         for layer, weight in zip(cfg.style_layers, cfg.style_weights):
-            f = style_features[layer][0]
-            flat = f.reshape(f.shape[0], -1)
-            constants[lossgrad.gram_target(layer)] = flat @ flat.T
+            info = vgg.conv_layer(cfg.convnet, layer)
+            positions = (width // info.downsampling) * (height // info.downsampling)
+            if cfg.style_normalization is StyleNormalization.GATYS:
+                weight *= 1e3 / info.out_channels ** 2
+            constants[lossgrad.gram_target(layer)] = grams[layer].astype(np.float32)
             # The seed's 1/(4 (h w)^2) per layer and its 1/len(style_layers), folded into one scalar.
             constants[lossgrad.style_weight(layer)] = np.array(
-                weight / len(cfg.style_layers) / (4.0 * flat.shape[1] ** 2), np.float32)
-        session = create_session(graph, self.provider, self.threads, cuda_options(self.tf32, self.cuda_graph))
-        evaluator = LossGradEvaluator(session, constants, content_x.shape)
-        problem = Problem(cfg, evaluator, content_x, style_x, output_size, model, graph)
+                weight / len(cfg.style_layers) / (4.0 * positions ** 2), np.float32)
+        evaluator = LossGradEvaluator(self._session("loss"), constants, content_x.shape)
+        problem = Problem(cfg, evaluator, content_x, styles_x, output_size, colour_source)
         problem.runtime = {"provider": problem.provider, "threads": self.threads}
         if problem.provider == "CUDAExecutionProvider":
             problem.runtime.update(tf32=self.tf32, cuda_graph=self.cuda_graph)
+        if scales:
+            problem.runtime["pool_scales"] = {k: float(v) for k, v in scales.items()}
         return problem
 
-    def run(self, content: ImageSource, style: ImageSource, output: str | Path | None = None,
-            callback: Callback | None = None) -> TransferResult:
-        """Optimise the image as the seed's ``style_transfer`` does.
+    def _style_size(self, style_size: tuple[int, int], working: tuple[int, int]) -> tuple[int, int]:
+        if self.config.style_scale is None:
+            return working  # the seed resizes the style to the content's size
+        edge = max(16, round(self.config.style_scale * max(working)))
+        return images.working_size(style_size, edge, self.config.size_multiple())
 
-        ``iterations`` calls of ``fmin_l_bfgs_b`` with ``maxfun`` evaluations each,
-        from the seed's noise. With ``output``: snapshots ``<stem>_at_iteration_<N>.png``
-        every ``save_every`` iterations, the final image, and a run record
-        ``<stem>.json``. On KeyboardInterrupt the record is written marked
-        "interrupted" (finished snapshots stay) and the interrupt is raised again.
+    def _check_styles(self, sources: list[ImageSource]) -> None:
+        blend = self.config.style_blend
+        if not sources:
+            raise ConfigError("no style image given")
+        if blend is not None and len(blend) != len(sources):
+            raise ConfigError(f"{len(blend)} style blend weights for {len(sources)} style images: "
+                              "give one weight per style image")
+
+    def scale_sizes(self, content_size: tuple[int, int]) -> list[int]:
+        """The longest edge at each scale, coarse to fine."""
+        cfg = self.config
+        final = cfg.size or max(content_size)
+        smallest = cfg.min_size or math.ceil(final / 2 ** (cfg.scales - 1))
+        count = cfg.scales if cfg.scales > 1 or cfg.min_size is None else 1 + math.ceil(math.log2(final / smallest))
+        if count == 1 or smallest >= final:
+            return [final]
+        sizes = [round(smallest * (final / smallest) ** (k / (count - 1))) for k in range(count)]
+        if min(sizes[0] * min(content_size) // max(content_size), sizes[0]) < cfg.min_image_size():
+            raise ConfigError(
+                f"the first of {count} scales is {sizes[0]} px on its longest edge, too small for the deepest "
+                f"chosen layer (needs {cfg.min_image_size()} px per side): use fewer --scales or a larger --min-size")
+        return sizes
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self, content: ImageSource, style: Styles, output: str | Path | None = None,
+            callback: Callback | None = None) -> TransferResult:
+        """Optimise the image as the seed's ``style_transfer`` does, then beyond.
+
+        For each scale (one by default): ``iterations`` iterations of ``maxfun``
+        evaluations (``optimizer_mode`` seed: one fmin_l_bfgs_b call each; continuous:
+        one run). With ``output``: snapshots ``<stem>_at_iteration_<N>.png`` every
+        ``save_every`` iterations, the final image, a run record ``<stem>.json``, and
+        the sheet, GIF and loss curve when asked for. On KeyboardInterrupt the record
+        is written marked "interrupted" (finished snapshots stay) and the interrupt
+        is raised again.
         """
         cfg = self.config
         emit = callback or (lambda event: None)
         output = Path(output) if output is not None else None
+        sources = _as_list(style)
+        self._check_styles(sources)
         if output is not None:
             images.check_writable(output)
+            if cfg.bit_depth == 16 and output.suffix.lower() not in (".png", ".tif", ".tiff"):
+                raise ConfigError(f"{output}: 16-bit output needs a .png or .tif file")
+        content_size = _load(content).size
+        sizes = self.scale_sizes(content_size)
+        per_scale = cfg.scale_iterations or (cfg.iterations,) * len(sizes)
+        if len(per_scale) != len(sizes):
+            raise ConfigError(f"{len(per_scale)} scale iteration counts for {len(sizes)} scales "
+                              f"({', '.join(map(str, sizes))} px): give one per scale")
         started = time.perf_counter()
-        problem = self.prepare(content, style)
-        emit(Prepared(problem.shape[3], problem.shape[2], problem.provider, time.perf_counter() - started))
-        total = cfg.iterations * cfg.maxfun
+        total = sum(per_scale) * cfg.maxfun
         result = TransferResult(image=np.zeros((0, 0, 3), np.uint8), output=output,
-                                record=record_path(output) if output else None, provider=problem.provider)
+                                record=record_path(output) if output else None)
+        problems: list[Problem] = []
+        evaluations = [0]
 
-        def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
-            loss, grad = problem.loss_and_grad(x)
-            emit(Evaluated(problem.evaluations, total, loss))
-            return loss, grad.ravel()
+        def on_evaluation(loss: float) -> None:
+            evaluations[0] += 1
+            emit(Evaluated(evaluations[0], total, loss))
 
-        x = problem.initial_image().ravel()
         status = "finished"
         try:
-            for i in range(1, cfg.iterations + 1):
+            x = None
+            for index, (edge, iterations) in enumerate(zip(sizes, per_scale), start=1):
                 tick = time.perf_counter()
-                before = problem.evaluations
-                x, _, _ = fmin_l_bfgs_b(objective, x, maxfun=cfg.maxfun)
-                terms = problem.terms(x)
-                snapshot = None
-                if output is not None and cfg.save_every and i % cfg.save_every == 0:
-                    snapshot = snapshot_path(output, i)
-                    images.save_image(problem.to_image(x), snapshot)
-                done = IterationDone(i, terms["loss"], terms["content"], terms["style"], terms["tv"],
-                                     problem.evaluations - before, time.perf_counter() - tick, snapshot)
-                result.iterations.append(done)
-                emit(done)
-            result.image = problem.to_image(x)
+                problem = self.prepare(content, sources, edge if len(sizes) > 1 else cfg.size)
+                problems.append(problem)
+                result.provider = problem.provider
+                emit(Prepared(problem.shape[3], problem.shape[2], problem.provider,
+                              time.perf_counter() - tick, index, len(sizes)))
+                x = problem.initial_image() if x is None else _resize_x(x.reshape(problems[-2].shape), problem.shape)
+                offset = len(result.iterations)
+
+                def on_iteration(i: int, xk: np.ndarray, used: int, seconds: float, problem=problem) -> None:
+                    n = offset + i
+                    terms = problem.terms(xk)
+                    snapshot = None
+                    if output is not None and cfg.save_every and n % cfg.save_every == 0:
+                        snapshot = snapshot_path(output, n)
+                        images.save_image(problem.to_image(xk), snapshot)
+                    done = IterationDone(n, terms["loss"], terms["content"], terms["style"], terms["tv"],
+                                         used, seconds, snapshot, problem.shape[3], problem.shape[2])
+                    result.iterations.append(done)
+                    emit(done)
+
+                x = optimize(problem, x, iterations, cfg.maxfun, cfg.optimizer_mode, on_iteration, cfg.tol,
+                             problem.bounds() if cfg.clip_pixels else None, on_evaluation)
+            last = problems[-1]
+            result.image = last.to_image(x)
             if output is not None:
-                images.save_image(result.image, output)
+                if cfg.bit_depth == 16:
+                    from .visuals import save_image16
+                    save_image16(last.to_rgb(x), output)
+                else:
+                    images.save_image(result.image, output)
+                self._visual_records(output, result)
         except KeyboardInterrupt:
             status = "interrupted"
             raise
         finally:
             result.seconds = time.perf_counter() - started
-            if output is not None:
-                _write_record(result, problem, content, style, status)
+            if output is not None and problems:
+                self._write_record(result, problems, content, sources, sizes, status)
         return result
 
+    def _visual_records(self, output: Path, result: TransferResult) -> None:
+        cfg = self.config
+        if not (cfg.sheet or cfg.gif or cfg.plot):
+            return
+        from . import visuals
 
-def _load(source: ImageSource) -> Image.Image:
-    return source.convert("RGB") if isinstance(source, Image.Image) else images.load_image(source)
+        shots = [it.snapshot for it in result.iterations if it.snapshot]
+        labels = [f"iteration {it.iteration}" for it in result.iterations if it.snapshot]
+        if cfg.sheet and shots:
+            visuals.contact_sheet(shots, output.with_name(f"{output.stem}_sheet.png"), labels=labels)
+        if cfg.gif and shots:
+            visuals.progress_gif(shots, output.with_name(f"{output.stem}.gif"))
+        if cfg.plot:
+            visuals.loss_curve([it.record() for it in result.iterations], output.with_name(f"{output.stem}_loss.png"))
 
-
-def _write_record(result: TransferResult, problem: Problem, content: ImageSource, style: ImageSource,
-                  status: str) -> None:
-    meta = model_metadata(onnx.load(problem.model, load_external_data=False))
-    record = {
-        "status": status,
-        "content": str(content) if not isinstance(content, Image.Image) else "<image>",
-        "style": str(style) if not isinstance(style, Image.Image) else "<image>",
-        "output": str(result.output) if status == "finished" else None,
-        "config": problem.config.to_dict(),
-        "model": {"path": str(problem.model), "architecture": meta.get("architecture"),
-                  "weights_sha256": meta.get("weights_sha256"), "weights_source": meta.get("weights_source")},
-        "loss_graph": str(problem.graph),
-        "provider": problem.provider,
-        "runtime": problem.runtime,
-        "working_size": [problem.shape[3], problem.shape[2]],
-        "output_size": list(problem.output_size),
-        "versions": versions(),
-        "seconds": round(result.seconds, 3),
-        "evaluations": problem.evaluations,
-        "iterations": [it.record() for it in result.iterations],
-    }
-    atomic_write_text(result.record, json.dumps(record, indent=2) + "\n")
-
+    def _write_record(self, result: TransferResult, problems: list[Problem], content: ImageSource,
+                      styles: list[ImageSource], sizes: list[int], status: str) -> None:
+        model = self._sessions["model"]
+        meta = model_metadata(onnx.load(model, load_external_data=False))
+        last = problems[-1]
+        record = {
+            "status": status,
+            "content": _name(content),
+            "style": [_name(s) for s in styles] if len(styles) > 1 else _name(styles[0]),
+            "output": str(result.output) if status == "finished" else None,
+            "config": self.config.to_dict(),
+            "model": {"path": str(model), "architecture": meta.get("architecture"),
+                      "weights_sha256": meta.get("weights_sha256"), "weights_source": meta.get("weights_source")},
+            "graphs": {"targets": str(self._sessions["graphs"].targets), "loss": str(self._sessions["graphs"].loss)},
+            "provider": last.provider,
+            "runtime": last.runtime,
+            "scales": [[p.shape[3], p.shape[2]] for p in problems],
+            "working_size": [last.shape[3], last.shape[2]],
+            "output_size": list(last.output_size),
+            "versions": versions(),
+            "seconds": round(result.seconds, 3),
+            "evaluations": sum(p.evaluations for p in problems),
+            "iterations": [it.record() for it in result.iterations],
+        }
+        atomic_write_text(result.record, json.dumps(record, indent=2) + "\n")

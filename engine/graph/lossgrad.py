@@ -1,15 +1,24 @@
-"""The loss-gradient graph: derived from a feature graph, cached on disk next to it.
+"""Graphs derived from a feature graph, cached on disk next to it.
 
-Inputs: ``image`` (1,3,H,W); ``content_target`` (1,C,h,w); per style layer L a
-``gram_target.L`` (C,C) and a scalar ``style_weight.L``; scalars ``content_weight``
-and ``tv_weight``. Outputs: ``loss``, ``content``, ``style.L`` per layer, ``tv``
-(all weighted, as the seed adds them) and ``grad`` = dloss/dimage (1,3,H,W).
+Both share the forward steps up to the deepest chosen layer (with the chosen pooling):
+
+- the **targets graph**: ``image`` -> ``features.<content layer>`` (1,C,h,w) and
+  ``gram.<style layer>`` (C,C), run once per content/style image;
+- the **loss-gradient graph**: inputs ``image`` (1,3,H,W); ``content_target``
+  (1,C,h,w); per style layer L a ``gram_target.L`` (C,C) and a scalar
+  ``style_weight.L``; scalars ``content_weight`` and ``tv_weight``. Outputs
+  ``loss``, ``content``, ``style.L`` per layer, ``tv`` (all weighted, as the seed
+  adds them) and ``grad`` = dloss/dimage (1,3,H,W).
+
+With average pooling each pool's output is multiplied by a scalar input
+``pool_scale.<pool>`` (see :func:`engine.transfer` for how it is chosen), in both graphs.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -20,10 +29,10 @@ from ..export import INPUT_NAME, model_metadata, write_model
 from ..models import cache_dir
 from .builder import GraphBuilder
 from .ops import RULES, Step
-from .terms import content_term, style_term, tv_term
+from .terms import content_term, gram, style_term, tv_term
 
-# Part of the cache key: bump it whenever the graph this module builds changes.
-GRAPH_VERSION = "1"
+# Part of the cache key: bump it whenever the graphs this module builds change.
+GRAPH_VERSION = "2"
 
 CONTENT_TARGET, CONTENT_WEIGHT, TV_WEIGHT = "content_target", "content_weight", "tv_weight"
 LOSS, CONTENT, TV, GRAD = "loss", "content", "tv", "grad"
@@ -41,51 +50,108 @@ def style_output(layer: str) -> str:
     return f"style.{layer}"
 
 
-def forward_steps(feature_model: onnx.ModelProto, deepest: str, pooling: str) -> list[Step]:
-    """The feature graph's nodes up to the one producing ``deepest``, as steps."""
+def features_output(layer: str) -> str:
+    return f"features.{layer}"
+
+
+def gram_output(layer: str) -> str:
+    return f"gram.{layer}"
+
+
+def pool_scale(pool: str) -> str:
+    return f"pool_scale.{pool}"
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    content_layer: str
+    style_layers: tuple[str, ...]
+    pooling: str = "max"
+
+    def deepest(self, arch: str) -> str:
+        order = vgg.conv_layer_names(arch)
+        return max([self.content_layer, *self.style_layers], key=order.index)
+
+
+def forward_steps(feature_model: onnx.ModelProto, choice: LayerChoice) -> list[Step]:
+    """The feature graph's nodes up to the deepest chosen layer, with the chosen pooling."""
+    deepest = choice.deepest(model_metadata(feature_model)["architecture"])
     steps = []
     for node in feature_model.graph.node:
-        op_type = "AveragePool" if node.op_type == "MaxPool" and pooling == "avg" else node.op_type
-        if op_type not in RULES:
+        if node.op_type not in RULES:
             raise ValueError(f"no backward rule for {node.op_type} (node {node.name})")
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        steps.append(Step(op_type, node.input[0], node.output[0], tuple(node.input[1:]), attrs))
-        if node.output[0] == deepest:
+        x, y, params = node.input[0], node.output[0], tuple(node.input[1:])
+        if node.op_type == "MaxPool" and choice.pooling == "avg":
+            steps.append(Step("AveragePool", x, f"{y}/avg", params, attrs))
+            steps.append(Step("Mul", f"{y}/avg", y, (pool_scale(y),)))
+        else:
+            steps.append(Step(node.op_type, x, y, params, attrs))
+        if y == deepest:
             return steps
     raise ValueError(f"the feature graph has no output {deepest}")
 
 
-def build_loss_graph(feature_model: onnx.ModelProto, content_layer: str,
-                     style_layers: tuple[str, ...], pooling: str = "max") -> onnx.ModelProto:
-    meta = model_metadata(feature_model)
-    arch = meta["architecture"]
-    layers = {layer.name: layer for layer in vgg.conv_layers(arch)}
-    chosen = [content_layer, *style_layers]
-    deepest = max(chosen, key=list(layers).index)
-    steps = forward_steps(feature_model, deepest, pooling)
+def pools(steps: list[Step]) -> list[str]:
+    """The pool scale inputs these steps take (empty with max pooling)."""
+    return [step.params[0] for step in steps if step.op_type == "Mul"]
 
+
+def _forward(feature_model: onnx.ModelProto, choice: LayerChoice) -> tuple[GraphBuilder, list[Step]]:
     b = GraphBuilder()
-    image = b.input(INPUT_NAME, [1, 3, "height", "width"])
+    b.input(INPUT_NAME, [1, 3, "height", "width"])
+    steps = forward_steps(feature_model, choice)
+    for scale in pools(steps):
+        b.input(scale, [])
     weights = {t.name: t for t in feature_model.graph.initializer}
     for step in steps:
         for param in step.params:
-            b.initializer(weights[param])
+            if param in weights:
+                b.initializer(weights[param])
         RULES[step.op_type].forward(b, step)
+    return b, steps
 
+
+def _channels(feature_model: onnx.ModelProto, layer: str) -> int:
+    return vgg.conv_layer(model_metadata(feature_model)["architecture"], layer).out_channels
+
+
+def _finish(b: GraphBuilder, feature_model: onnx.ModelProto, choice: LayerChoice, kind: str) -> onnx.ModelProto:
+    meta = model_metadata(feature_model)
+    metadata = {**meta, "graph": kind, "content_layer": choice.content_layer,
+                "style_layers": json.dumps(list(choice.style_layers)), "pooling": choice.pooling,
+                "graph_version": GRAPH_VERSION}
+    model = b.model(f"{meta['architecture']}_{kind}", metadata)
+    onnx.checker.check_model(model)
+    return model
+
+
+def build_targets_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onnx.ModelProto:
+    b, _ = _forward(feature_model, choice)
+    channels = _channels(feature_model, choice.content_layer)
+    b.output(features_output(choice.content_layer), choice.content_layer, [1, channels, "h", "w"])
+    for layer in choice.style_layers:
+        channels = _channels(feature_model, layer)
+        b.output(gram_output(layer), gram(b, layer)[0], [channels, channels])
+    return _finish(b, feature_model, choice, "targets")
+
+
+def build_loss_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onnx.ModelProto:
+    b, steps = _forward(feature_model, choice)
     seeds: dict[str, list[str]] = {}
-    channels = layers[content_layer].out_channels
+    channels = _channels(feature_model, choice.content_layer)
     target = b.input(CONTENT_TARGET, [1, channels, "content_height", "content_width"])
-    content, seed = content_term(b, content_layer, target, b.input(CONTENT_WEIGHT, []))
-    seeds.setdefault(content_layer, []).append(seed)
+    content, seed = content_term(b, choice.content_layer, target, b.input(CONTENT_WEIGHT, []))
+    seeds.setdefault(choice.content_layer, []).append(seed)
     style_losses = []
-    for layer in style_layers:
-        channels = layers[layer].out_channels
+    for layer in choice.style_layers:
+        channels = _channels(feature_model, layer)
         loss, seed = style_term(b, layer, b.input(gram_target(layer), [channels, channels]),
                                 b.input(style_weight(layer), []))
         b.output(style_output(layer), loss, [])
         style_losses.append(loss)
         seeds.setdefault(layer, []).append(seed)
-    tv, tv_grad = tv_term(b, image, b.input(TV_WEIGHT, []))
+    tv, tv_grad = tv_term(b, INPUT_NAME, b.input(TV_WEIGHT, []))
 
     # Reverse mode: walk the steps backwards, summing the gradients reaching each tensor.
     grads: dict[str, str] = {}
@@ -105,33 +171,43 @@ def build_loss_graph(feature_model: onnx.ModelProto, content_layer: str,
     b.output(LOSS, total, [])
     b.output(CONTENT, content, [])
     b.output(TV, tv, [])
-    b.output(GRAD, b.op("Add", grads[image], tv_grad), [1, 3, "height", "width"])
-    metadata = {**meta, "content_layer": content_layer, "style_layers": json.dumps(list(style_layers)),
-                "pooling": pooling, "graph_version": GRAPH_VERSION}
-    model = b.model(f"{arch}_loss_gradient", metadata)
-    onnx.checker.check_model(model)
-    return model
+    b.output(GRAD, b.op("Add", grads[INPUT_NAME], tv_grad), [1, 3, "height", "width"])
+    return _finish(b, feature_model, choice, "loss")
 
 
-def loss_graph_path(model_path: Path, content_layer: str, style_layers: tuple[str, ...], pooling: str) -> Path:
-    """The cached loss graph for this model and layer choice (built and written when absent).
+@dataclass(frozen=True)
+class Graphs:
+    targets: Path
+    loss: Path
+    pools: tuple[str, ...]   # pool scale inputs both graphs take (avg pooling only)
+
+
+def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
+    """The cached targets and loss graphs for this model and layer choice (built when absent).
 
     The key holds the model's weights checksum, the layers, the pooling and
     GRAPH_VERSION, so a changed model or choice never reuses a stale graph.
     """
     feature_model = onnx.load(model_path)
     meta = model_metadata(feature_model)
-    key = json.dumps([GRAPH_VERSION, meta["weights_sha256"], content_layer, list(style_layers), pooling])
-    name = f"{meta['architecture']}-loss-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+    key = json.dumps([GRAPH_VERSION, meta["weights_sha256"], choice.content_layer,
+                      list(choice.style_layers), choice.pooling])
+    stem = f"{meta['architecture']}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    names = {"targets": f"{stem}-targets.onnx", "loss": f"{stem}-loss.onnx"}
+    builders = {"targets": build_targets_graph, "loss": build_loss_graph}
     folders = [model_path.parent / "graphs", cache_dir() / "graphs"]
-    for folder in folders:
-        if (folder / name).is_file():
-            return folder / name
-    model = build_loss_graph(feature_model, content_layer, style_layers, pooling)
-    for folder in folders:
-        if _writable(folder):
-            return write_model(model, folder / name)
-    raise OSError(f"cannot write the loss graph to any of {', '.join(map(str, folders))}")
+    paths = {}
+    for kind, name in names.items():
+        found = [folder / name for folder in folders if (folder / name).is_file()]
+        if found:
+            paths[kind] = found[0]
+            continue
+        model = builders[kind](feature_model, choice)
+        folder = next((f for f in folders if _writable(f)), None)
+        if folder is None:
+            raise OSError(f"cannot write the {kind} graph to any of {', '.join(map(str, folders))}")
+        paths[kind] = write_model(model, folder / name)
+    return Graphs(paths["targets"], paths["loss"], tuple(pools(forward_steps(feature_model, choice))))
 
 
 def _writable(folder: Path) -> bool:

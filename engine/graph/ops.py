@@ -66,9 +66,14 @@ def _avgpool_backward(b: GraphBuilder, step: Step, dy: str) -> str:
     return b.op("Mul", _upsample2(b, dy), b.const(0.25))
 
 
+def _scale_backward(b: GraphBuilder, step: Step, dy: str) -> str:
+    return b.op("Mul", dy, step.params[0])
+
+
 RULES: dict[str, Rule] = {
     "Conv": Rule(_emit, _conv_backward),
     "Relu": Rule(_emit, _relu_backward),
     "MaxPool": Rule(_emit, _maxpool_backward),
     "AveragePool": Rule(_emit, _avgpool_backward),
+    "Mul": Rule(_emit, _scale_backward),  # by a scalar: the average pools' rescaling
 }
