@@ -193,7 +193,7 @@ class Progress:
                        err=True)
             self.started = time.perf_counter()
         elif isinstance(event, Evaluated) and self.tty:
-            done = event.evaluation / event.total_evaluations
+            done = min(1.0, event.evaluation / event.total_evaluations)  # scipy may overrun maxfun by one
             elapsed = time.perf_counter() - self.started
             eta = elapsed / done * (1 - done) if done else 0
             bar = "#" * int(30 * done)

@@ -5,9 +5,10 @@ the image in and the gradient (plus a few scalars) out, through IO binding.
 """
 from __future__ import annotations
 
+import io
 import os
 import platform
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Iterator
 
@@ -61,7 +62,10 @@ def create_session(model: str | Path | bytes, provider: Provider | str = Provide
     elif wants_cuda:
         if hasattr(ort, "preload_dlls"):
             try:
-                ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* pip wheels, when installed
+                # CUDA/cuDNN from the nvidia-* pip wheels, when installed. It print()s each library
+                # it misses to stdout, where only results belong; CUDA not starting is reported below.
+                with redirect_stdout(io.StringIO()):
+                    ort.preload_dlls()
             except Exception:  # missing libraries show up below as CUDA not starting
                 pass
         with _quiet_ort():

@@ -261,9 +261,9 @@ class StyleTransfer:
         content_image, style_images = _load(content), [_load(s) for s in sources]
         output_size = images.working_size(content_image.size, size if size is not None else cfg.size)
         width, height = images.working_size(content_image.size, max(output_size), cfg.size_multiple())
-        if min(width, height) < cfg.min_image_size():
+        if min(output_size) < cfg.min_image_size():
             raise ConfigError(
-                f"the image would be {width}x{height} px, too small for the deepest chosen layer "
+                f"the image would be {output_size[0]}x{output_size[1]} px, too small for the deepest chosen layer "
                 f"(needs {cfg.min_image_size()} px per side): use a larger --size (or --min-size), "
                 "or shallower layers")
         colour_source = None
