@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from PIL import Image
 
-from . import images, vgg
+from . import colors, images, vgg
 from .config import Init, PreserveColors, Provider, StyleNormalization, TransferConfig
 from .errors import ConfigError
 from .export import INPUT_NAME, model_metadata
@@ -151,7 +151,6 @@ class Problem:
             rgb = np.stack([np.asarray(Image.fromarray(rgb[..., c]).resize(self.output_size, Image.Resampling.LANCZOS))
                             for c in range(3)], axis=-1).clip(0, 255)
         if self._colour_source is not None:
-            from . import colors  # TEMP until colors.py lands
             rgb = colors.recombine_luminance(rgb, self._colour_source)
         return rgb
 
@@ -268,10 +267,8 @@ class StyleTransfer:
                 "or shallower layers")
         colour_source = None
         if cfg.preserve_colors is PreserveColors.HISTOGRAM:
-            from . import colors  # TEMP until colors.py lands
             style_images = [colors.match_histogram(s, content_image) for s in style_images]
         elif cfg.preserve_colors is PreserveColors.LUMINANCE:
-            from . import colors  # TEMP until colors.py lands
             colour_source = content_image
             content_image = colors.luminance_only(content_image)
             style_images = [colors.match_luminance(colors.luminance_only(s), content_image) for s in style_images]
