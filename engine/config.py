@@ -187,6 +187,8 @@ class TransferConfig:
         put("style_normalization", parse_choice(StyleNormalization, "style_normalization", self.style_normalization))
         for flag in ("clip_pixels", "sheet", "gif", "plot"):
             put(flag, bool(getattr(self, flag)))
+        if (self.sheet or self.gif) and not self.save_every:
+            raise ConfigError("the contact sheet and the GIF are made of snapshots: set save_every >= 1")
         if self.bit_depth not in (8, 16):
             raise ConfigError(f"bit_depth must be 8 or 16, got {self.bit_depth!r}")
 

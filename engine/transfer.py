@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from PIL import Image
 
-from . import colors, images, vgg
+from . import colors, images, vgg, visuals
 from .config import Init, PreserveColors, Provider, StyleNormalization, TransferConfig
 from .errors import ConfigError
 from .export import INPUT_NAME, model_metadata
@@ -366,6 +366,8 @@ class StyleTransfer:
             images.check_writable(output)
             if cfg.bit_depth == 16 and output.suffix.lower() not in (".png", ".tif", ".tiff"):
                 raise ConfigError(f"{output}: 16-bit output needs a .png or .tif file")
+        if cfg.plot:
+            visuals.check_plotting()  # before hours of work, not after
         content_size = _load(content).size
         sizes = self.scale_sizes(content_size)
         per_scale = cfg.scale_iterations or (cfg.iterations,) * len(sizes)
@@ -414,8 +416,7 @@ class StyleTransfer:
             result.image = last.to_image(x)
             if output is not None:
                 if cfg.bit_depth == 16:
-                    from .visuals import save_image16
-                    save_image16(last.to_rgb(x), output)
+                    visuals.save_image16(last.to_rgb(x), output)
                 else:
                     images.save_image(result.image, output)
                 self._visual_records(output, result)
@@ -430,10 +431,6 @@ class StyleTransfer:
 
     def _visual_records(self, output: Path, result: TransferResult) -> None:
         cfg = self.config
-        if not (cfg.sheet or cfg.gif or cfg.plot):
-            return
-        from . import visuals
-
         shots = [it.snapshot for it in result.iterations if it.snapshot]
         labels = [f"iteration {it.iteration}" for it in result.iterations if it.snapshot]
         if cfg.sheet and shots:
