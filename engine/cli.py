@@ -235,5 +235,48 @@ def info(models_dir: ModelsDir = None):
                        f" from {meta.get('weights_source')}")
 
 
+from .bench import BenchOptions as _BenchOptions  # noqa: E402  (the bench command's defaults)
+
+_BENCH = _BenchOptions()
+
+
+@app.command()
+@user_errors
+def bench(
+    sizes: Annotated[str, typer.Option(help="Longest edges in px, comma-separated.")] = ",".join(map(str, _BENCH.sizes)),
+    repeats: Annotated[int, typer.Option(help="Timed evaluations per size (after the warm-up).")] = _BENCH.repeats,
+    provider: Annotated[Provider, typer.Option(help="Execution provider.")] = _BENCH.provider,
+    threads: Annotated[Optional[int], typer.Option(
+        help="Threads for ONNX Runtime, PyTorch and the sgemm peak (default: all cores).")] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where <date>-<cpu|cuda>.json and .md are written.")] = Path(
+        "benchmarks/results"),
+    lbfgs_evals: Annotated[int, typer.Option(
+        help="Evaluations of the L-BFGS-B run that measures time outside ONNX Runtime (0: skip).")] = _BENCH.lbfgs_evals,
+    lbfgs_size: Annotated[int, typer.Option(help="Longest edge of that run in px.")] = _BENCH.lbfgs_size,
+    gpu: Annotated[str, typer.Option(
+        help="GPU for the FLOP-based estimate printed when no CUDA session runs.")] = _BENCH.gpu,
+    torch: Annotated[bool, typer.Option(
+        "--torch/--no-torch", help="Compare with PyTorch eager autograd when torch is importable.")] = _BENCH.torch,
+    preset: Annotated[str, typer.Option(help="Parameter set whose layers and weights are timed.")] = _BENCH.preset,
+    content: Annotated[Path, typer.Option(
+        help="Content image.", show_default="the bundled examples/content.jpg")] = _BENCH.content,
+    style: Annotated[Path, typer.Option(
+        help="Style image.", show_default="the bundled examples/style.jpg")] = _BENCH.style,
+    quiet_wait: Annotated[float, typer.Option(
+        help="Seconds to wait before each timing for other processes to go idle (0: don't wait).")] = _BENCH.quiet_wait,
+    models_dir: ModelsDir = None,
+):
+    """Time one loss+gradient evaluation per size (vs PyTorch when installed) and write the results."""
+    from .bench import markdown, run_benchmark, write_results
+
+    options = _BenchOptions(sizes=_csv(sizes, int), repeats=repeats, provider=provider, threads=threads,
+                            lbfgs_evals=lbfgs_evals, lbfgs_size=lbfgs_size, gpu=gpu, torch=torch, preset=preset,
+                            content=content, style=style, quiet_wait=quiet_wait, models_dir=models_dir)
+    result = run_benchmark(options, progress=lambda step: typer.echo(step.message, err=True))
+    json_path, md_path = write_results(result, out_dir)
+    typer.echo(markdown(result))
+    typer.echo(f"written {json_path} and {md_path}", err=True)
+
+
 def main() -> None:
     app()

@@ -2,8 +2,10 @@
 
 The seed's loss reaches 1e12-1e15; both drivers divide it (and its gradient) by
 the first evaluation's loss so L-BFGS-B sees numbers near 1, and pass
-``factr=0, pgtol=0`` so scipy never stops before the evaluation budget unless a
-tolerance is asked for. Callers get the true terms from the problem.
+``factr=0, pgtol=0`` so scipy never stops before the evaluation budget. A tolerance
+is tested here, not by scipy's factr: factr divides the reduction by max(|f|, 1),
+and with f scaled to start at 1 that would measure it against the first loss, not
+the current one. Callers get the true terms from the problem.
 """
 from __future__ import annotations
 
@@ -31,39 +33,75 @@ def optimize(problem: Objective, x0: np.ndarray, iterations: int, maxfun: int, m
              on_evaluation: Callable[[float], None] = lambda loss: None) -> np.ndarray:
     """Minimise ``problem`` from ``x0`` for ``iterations`` x ``maxfun`` evaluations; return x."""
     scale: list[float] = []
+    stopper = _Tolerance(tol)
 
     def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
         loss, grad = problem.loss_and_grad(x)
         on_evaluation(loss)
+        stopper.evaluated(loss)
         if not scale:
             scale.append(1.0 / max(abs(loss), 1e-30))
         return loss * scale[0], grad.ravel() * scale[0]
 
-    options = dict(factr=tol / np.finfo(float).eps if tol else 0.0, pgtol=0.0, bounds=bounds)
+    options = dict(factr=0.0, pgtol=0.0, bounds=bounds)
     x = np.asarray(x0, np.float64).ravel()
     if mode is OptimizerMode.SEED:
-        return _seed(problem, objective, x, iterations, maxfun, options, on_iteration, tol)
-    return _continuous(problem, objective, x, iterations, maxfun, options, on_iteration, tol)
+        return _seed(problem, objective, x, iterations, maxfun, options, on_iteration, stopper)
+    return _continuous(problem, objective, x, iterations, maxfun, options, on_iteration, stopper)
 
 
-def _converged(info: dict) -> bool:
-    return info["warnflag"] == 0
+class _Tolerance:
+    """Stops L-BFGS-B (StopIteration from its callback) once an accepted step lowers the
+    loss by at most ``tol`` times the loss before that step; never when ``tol`` is None.
+
+    L-BFGS-B evaluates an accepted point last before it calls back, so the last
+    evaluated loss is the new point's."""
+
+    def __init__(self, tol: float | None):
+        self.tol = tol
+        self.before: float | None = None
+        self.last: float | None = None
+        self.stopped = False
+
+    def start(self) -> None:
+        """A new fmin_l_bfgs_b call: measure from its first evaluation."""
+        self.before = None
+
+    def evaluated(self, loss: float) -> None:
+        if self.before is None:
+            self.before = loss
+        self.last = loss
+
+    def accepted(self, xk: np.ndarray | None = None) -> None:
+        if not self.tol or self.before is None or self.last is None:
+            return
+        if self.before - self.last <= self.tol * abs(self.before):
+            self.stopped = True
+            raise StopIteration
+        self.before = self.last
+
+    def done(self, info: dict) -> bool:
+        """Whether to stop: the tolerance was reached, or scipy found nothing left to reduce."""
+        return bool(self.tol) and (self.stopped or info["warnflag"] == 0)
 
 
-def _seed(problem, objective, x, iterations, maxfun, options, on_iteration, tol):
+def _seed(problem, objective, x, iterations, maxfun, options, on_iteration, stopper):
     # As the seed: a fresh L-BFGS-B (its curvature history lost) for each iteration.
     for i in range(1, iterations + 1):
         tick, before = time.perf_counter(), problem.evaluations
-        x, _, info = fmin_l_bfgs_b(objective, x, maxfun=maxfun, **options)
+        stopper.start()
+        x, _, info = fmin_l_bfgs_b(objective, x, maxfun=maxfun, callback=stopper.accepted if stopper.tol else None,
+                                   **options)
         on_iteration(i, x, problem.evaluations - before, time.perf_counter() - tick)
-        if tol and _converged(info):
+        if stopper.done(info):
             break
     return x
 
 
-def _continuous(problem, objective, x, iterations, maxfun, options, on_iteration, tol):
+def _continuous(problem, objective, x, iterations, maxfun, options, on_iteration, stopper):
     # One L-BFGS-B run; an "iteration" is each maxfun evaluations, reported at the
-    # first accepted iterate past that mark.
+    # first accepted iterate past that mark; the last one after the run, with the
+    # final x and every evaluation left (scipy may go past its maxfun).
     start = problem.evaluations
     budget = iterations * maxfun
     state = {"done": 0, "tick": time.perf_counter(), "mark": start}
@@ -75,19 +113,23 @@ def _continuous(problem, objective, x, iterations, maxfun, options, on_iteration
         state["tick"], state["mark"] = now, problem.evaluations
 
     def report(xk: np.ndarray) -> None:
-        while state["done"] < iterations and problem.evaluations - start >= (state["done"] + 1) * maxfun:
+        while state["done"] < iterations - 1 and problem.evaluations - start >= (state["done"] + 1) * maxfun:
             finish_iteration(xk)
+        stopper.accepted(xk)
 
     converged = False
     while problem.evaluations - start < budget and not converged:
         before = problem.evaluations
+        stopper.start()
         x, _, info = fmin_l_bfgs_b(objective, x, maxfun=budget - (before - start), maxiter=10**9,
                                    callback=report, **options)
-        converged = bool(tol) and _converged(info)
+        converged = stopper.done(info)
         # A line search that fails on float32 noise ends a run early: go on from x.
         if problem.evaluations == before:
             break
-    while state["done"] < iterations:  # the last mark, or a stop by tol
+    while state["done"] < iterations:  # the last iteration, or the one a stop by tol cut short
+        if converged and state["done"] and problem.evaluations == state["mark"]:
+            break  # stopped right at a mark: that iteration is reported already
         finish_iteration(x)
         if converged:
             break

@@ -134,7 +134,9 @@ class Problem:
         if init == Init.CONTENT.value:
             return self.content.astype(np.float64)
         if init == Init.STYLE.value:
-            return self.styles[0].astype(np.float64)
+            style = self.styles[0].astype(np.float64)
+            # With a style_scale the style is fed at its own size; the start needs the working size.
+            return style if style.shape == tuple(self.shape) else _resize_x(style, self.shape)
         size = (self.shape[3], self.shape[2])
         return images.preprocess(images.load_image(init), size).astype(np.float64)
 
