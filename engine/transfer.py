@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .export import INPUT_NAME, model_metadata
 from .files import atomic_write_text
 from .graph import lossgrad
+from .memory import check_memory
 from .models import find_model
 from .optimize import optimize
 from .runtime import LossGradEvaluator, create_session, cuda_options, versions
@@ -376,6 +377,9 @@ class StyleTransfer:
         if len(per_scale) != len(sizes):
             raise ConfigError(f"{len(per_scale)} scale iteration counts for {len(sizes)} scales "
                               f"({', '.join(map(str, sizes))} px): give one per scale")
+        if self.provider is not Provider.CUDA:  # host memory; a GPU's is not known before its session
+            final = images.working_size(content_size, sizes[-1], cfg.size_multiple())
+            check_memory(cfg, *final)
         started = time.perf_counter()
         total = sum(per_scale) * cfg.maxfun
         result = TransferResult(image=np.zeros((0, 0, 3), np.uint8), output=output,
