@@ -298,14 +298,19 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def total_memory_bytes() -> int:
+def meminfo_bytes(key: str) -> int | None:
+    """A ``/proc/meminfo`` field (MemTotal, MemAvailable) in bytes, None where there is none."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
+
+
+def total_memory_bytes() -> int:
+    return meminfo_bytes("MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _status_kib(key: str) -> int | None:

@@ -7,9 +7,7 @@ against 2.1 KB/px of live tensors).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from .bench import GIB, estimate_eval_bytes, estimate_optimizer_bytes, largest_square
+from .bench import GIB, estimate_eval_bytes, estimate_optimizer_bytes, largest_square, meminfo_bytes
 from .config import TransferConfig
 from .errors import MemoryLimitError
 
@@ -22,14 +20,8 @@ def run_bytes(config: TransferConfig, width: int, height: int) -> float:
 
 
 def available_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo; None where it cannot be read (then nothing is refused)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    """MemAvailable; None where it cannot be read (then nothing is refused)."""
+    return meminfo_bytes("MemAvailable")
 
 
 def check_memory(config: TransferConfig, width: int, height: int, available: int | None = None) -> None:
