@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Callable, Sequence, Union
 
 import numpy as np
-import onnx
 from PIL import Image
 
 from . import colors, images, vgg, visuals
 from .config import Init, PreserveColors, Provider, StyleNormalization, TransferConfig
 from .errors import ConfigError
-from .export import INPUT_NAME, model_metadata
+from .export import INPUT_NAME
 from .files import atomic_write_text
 from .graph import lossgrad
 from .memory import check_memory
@@ -449,7 +448,7 @@ class StyleTransfer:
     def _write_record(self, result: TransferResult, problems: list[Problem], content: ImageSource,
                       styles: list[ImageSource], sizes: list[int], status: str) -> None:
         model = self._sessions["model"]
-        meta = model_metadata(onnx.load(model, load_external_data=False))
+        meta = self._sessions["graphs"].model_metadata
         last = problems[-1]
         record = {
             "status": status,

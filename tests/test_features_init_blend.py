@@ -14,21 +14,11 @@ import pytest
 
 import loss_reference as ref
 from engine import Evaluated, IterationDone, Prepared, TransferConfig
-from engine.weights import load_weights
 from features_support import (CONTENT, SHALLOW, STYLE, SessionRuns, caffe, engine_for, periodic_texture,
                               record_evaluated_points, relative_l2, tiny_config, write_png)
 
 GRAD_REL_L2 = 1e-3
 
-
-@pytest.fixture(scope="module")
-def models_dir(vgg16_onnx) -> Path:
-    return vgg16_onnx.parent
-
-
-@pytest.fixture(scope="module")
-def vgg16_layers(vgg16_onnx):
-    return ref.vgg_layers(load_weights(vgg16_onnx, "vgg16").layers)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from the float64 reference (tests/loss_reference.py); channel counts from the VG
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,7 +16,6 @@ import engine.optimize as optimize_module
 import engine.transfer as transfer
 import loss_reference as ref
 from engine import Evaluated, IterationDone, StyleTransfer
-from engine.weights import load_weights
 from features_support import (CONTENT, MEAN_BGR, STYLE, VGG16_CHANNELS, caffe, capture_constants, engine_for,
                               record_evaluated_points, relative_l2, tiny_config)
 
@@ -26,15 +24,6 @@ POOLS = [f"block{b}_pool" for b in range(1, 5)]
 POOL_INPUTS = {"block1_pool": "block1_conv2", "block2_pool": "block2_conv2", "block3_pool": "block3_conv3",
                "block4_pool": "block4_conv3"}
 
-
-@pytest.fixture(scope="module")
-def models_dir(vgg16_onnx) -> Path:
-    return vgg16_onnx.parent
-
-
-@pytest.fixture(scope="module")
-def vgg16_layers(vgg16_onnx):
-    return ref.vgg_layers(load_weights(vgg16_onnx, "vgg16").layers)
 
 
 # ---------------------------------------------------------------- average pooling

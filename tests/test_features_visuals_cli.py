@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import engine
 from engine import ConfigError, StyleTransfer
+from conftest import error_line, written
 from engine.cli import app
 from features_support import CONTENT, STYLE, engine_for, periodic_texture, read_png16, write_png
 
@@ -37,17 +38,6 @@ def stylize(models_dir, output, *extra, style=STYLE):
     return runner.invoke(app, args)
 
 
-def error_line(result) -> str:
-    assert result.exit_code not in (0, 130), result.output
-    assert "Traceback" not in result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
-
-
-def written(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
 def pixels(path: Path) -> np.ndarray:

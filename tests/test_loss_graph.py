@@ -7,7 +7,6 @@ weights and on the real VGG16 with real photos.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 

@@ -20,7 +20,6 @@ import engine.optimize as optimize_module
 import engine.transfer as transfer
 from engine import Evaluated, IterationDone, Prepared, StyleTransfer, TransferConfig
 from engine.cli import app
-from engine.weights import load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENT = ROOT / "examples" / "content.jpg"
@@ -47,15 +46,6 @@ def engine_for(models_dir: Path, **changes) -> StyleTransfer:
 def leftover_temp_files(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.startswith(".") or "tmp" in p.name]
 
-
-@pytest.fixture(scope="module")
-def models_dir(vgg16_onnx) -> Path:
-    return vgg16_onnx.parent
-
-
-@pytest.fixture(scope="module")
-def vgg16_layers(vgg16_onnx):
-    return ref.vgg_layers(load_weights(vgg16_onnx, "vgg16").layers)
 
 
 @pytest.fixture

@@ -180,6 +180,7 @@ class Graphs:
     targets: Path
     loss: Path
     pools: tuple[str, ...]   # pool scale inputs both graphs take (avg pooling only)
+    model_metadata: dict[str, str]   # the feature graph's: architecture, weights checksum and source
 
 
 def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
@@ -207,7 +208,7 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
         if folder is None:
             raise OSError(f"cannot write the {kind} graph to any of {', '.join(map(str, folders))}")
         paths[kind] = write_model(model, folder / name)
-    return Graphs(paths["targets"], paths["loss"], tuple(pools(forward_steps(feature_model, choice))))
+    return Graphs(paths["targets"], paths["loss"], tuple(pools(forward_steps(feature_model, choice))), meta)
 
 
 def _writable(folder: Path) -> bool:
