@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 from scipy.optimize import fmin_l_bfgs_b
+from threadpoolctl import threadpool_limits
 
 from .config import OptimizerMode
 
@@ -30,8 +31,11 @@ class Objective(Protocol):
 def optimize(problem: Objective, x0: np.ndarray, iterations: int, maxfun: int, mode: OptimizerMode,
              on_iteration: OnIteration, tol: float | None = None,
              bounds: list[tuple[float, float]] | None = None,
-             on_evaluation: Callable[[float], None] = lambda loss: None) -> np.ndarray:
-    """Minimise ``problem`` from ``x0`` for ``iterations`` x ``maxfun`` evaluations; return x."""
+             on_evaluation: Callable[[float], None] = lambda loss: None, blas_threads: int | None = 1) -> np.ndarray:
+    """Minimise ``problem`` from ``x0`` for ``iterations`` x ``maxfun`` evaluations; return x.
+
+    ``blas_threads``: the BLAS threads L-BFGS-B's vector operations get (None: as set).
+    """
     scale: list[float] = []
     stopper = _Tolerance(tol)
 
@@ -45,9 +49,11 @@ def optimize(problem: Objective, x0: np.ndarray, iterations: int, maxfun: int, m
 
     options = dict(factr=0.0, pgtol=0.0, bounds=bounds)
     x = np.asarray(x0, np.float64).ravel()
-    if mode is OptimizerMode.SEED:
-        return _seed(problem, objective, x, iterations, maxfun, options, on_iteration, stopper)
-    return _continuous(problem, objective, x, iterations, maxfun, options, on_iteration, stopper)
+    driver = _seed if mode is OptimizerMode.SEED else _continuous
+    # L-BFGS-B's vector BLAS calls on all cores fight ONNX Runtime's threads, which are still
+    # spinning after each run: on one thread they cost ~3x less time (benchmarks/results).
+    with threadpool_limits(blas_threads, user_api="blas"):
+        return driver(problem, objective, x, iterations, maxfun, options, on_iteration, stopper)
 
 
 class _Tolerance:

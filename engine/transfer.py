@@ -23,7 +23,7 @@ from .graph import lossgrad
 from .memory import check_memory
 from .models import find_model
 from .optimize import optimize
-from .runtime import LossGradEvaluator, create_session, cuda_options, versions
+from .runtime import LossGradEvaluator, create_session, cuda_options, release_freed_memory, versions
 
 ImageSource = Union[str, Path, Image.Image]
 Styles = Union[ImageSource, Sequence[ImageSource]]
@@ -277,20 +277,7 @@ class StyleTransfer:
 
         content_x = images.preprocess(content_image, (width, height))
         styles_x = [images.preprocess(s, self._style_size(s.size, (width, height))) for s in style_images]
-        self._session("targets")
-        scales = self._pool_scales(content_x)
-        targets = self._sessions["targets"]
-        content_features = targets.run([lossgrad.features_output(cfg.content_layer)],
-                                       {INPUT_NAME: content_x, **scales})[0]
-        blend = np.asarray(cfg.style_blend or [1.0] * len(styles_x), np.float64)
-        blend = blend / blend.sum()
-        grams = {layer: 0.0 for layer in cfg.style_layers}
-        for weight, x in zip(blend, styles_x):
-            outputs = targets.run([lossgrad.gram_output(l) for l in cfg.style_layers], {INPUT_NAME: x, **scales})
-            # Gram sums grow with the positions summed over: rescale a style of another size to the output's.
-            positions = (width * height) / (x.shape[2] * x.shape[3])
-            for layer, g in zip(cfg.style_layers, outputs):
-                grams[layer] = grams[layer] + weight * positions * g.astype(np.float64)
+        content_features, grams, scales = self._targets(content_x, styles_x)
 
         constants = {
             lossgrad.CONTENT_TARGET: content_features,
@@ -308,6 +295,7 @@ class StyleTransfer:
             constants[lossgrad.style_weight(layer)] = np.array(
                 weight / len(cfg.style_layers) / (4.0 * positions ** 2), np.float32)
         evaluator = LossGradEvaluator(self._session("loss"), constants, content_x.shape)
+        release_freed_memory()
         problem = Problem(cfg, evaluator, content_x, styles_x, output_size, colour_source)
         problem.runtime = {"provider": problem.provider, "threads": self.threads}
         if problem.provider == "CUDAExecutionProvider":
@@ -315,6 +303,32 @@ class StyleTransfer:
         if scales:
             problem.runtime["pool_scales"] = {k: float(v) for k, v in scales.items()}
         return problem
+
+    def _targets(self, content_x: np.ndarray, styles_x: list[np.ndarray]):
+        """The content layer's features, the blended Gram targets, the pool scales. The sessions
+        that compute them are closed after: their weights and activation memory would
+        otherwise sit beside the loss session's for the whole run."""
+        cfg = self.config
+        height, width = content_x.shape[2:]
+        try:
+            targets = self._session("targets")
+            scales = self._pool_scales(content_x)
+            content_features = targets.run([lossgrad.features_output(cfg.content_layer)],
+                                           {INPUT_NAME: content_x, **scales})[0]
+            blend = np.asarray(cfg.style_blend or [1.0] * len(styles_x), np.float64)
+            blend = blend / blend.sum()
+            grams = {layer: 0.0 for layer in cfg.style_layers}
+            for weight, x in zip(blend, styles_x):
+                outputs = targets.run([lossgrad.gram_output(l) for l in cfg.style_layers],
+                                      {INPUT_NAME: x, **scales})
+                # Gram sums grow with the positions summed over: rescale a style of another size to the output's.
+                positions = (width * height) / (x.shape[2] * x.shape[3])
+                for layer, g in zip(cfg.style_layers, outputs):
+                    grams[layer] = grams[layer] + weight * positions * g.astype(np.float64)
+        finally:
+            for kind in ("features", "targets"):
+                self._sessions.pop(kind, None)
+        return content_features, grams, scales
 
     def _style_size(self, style_size: tuple[int, int], working: tuple[int, int]) -> tuple[int, int]:
         if self.config.style_scale is None:

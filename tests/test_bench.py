@@ -139,8 +139,8 @@ def fake_result(with_torch: bool) -> dict:
         "lbfgs": {"size": [256, 176], "evaluations": 21, "wall_s": 6.5, "ort_run_s": 6.2, "evaluator_copies_s": 0.01,
                   "problem_conversions_s": 0.02, "optimizer_s": 0.2, "outside_ort_share": 0.046,
                   "outside_ort_ms_per_eval": 14.0, "ort_run_median_s": 0.3,
-                  "openblas_1_thread": {"outside_ort_share": 0.021, "outside_ort_ms_per_eval": 6.0,
-                                        "ort_run_median_s": 0.29}},
+                  "blas_threads_as_set": {"outside_ort_share": 0.066, "outside_ort_ms_per_eval": 26.0,
+                                          "ort_run_median_s": 0.34}},
         "scaling": {"onnx_exponent": 0.95, "ms_per_megapixel": {"128": 7000.0, "256": 6900.0},
                     **({"torch_exponent": 0.9} if with_torch else {})},
         "memory": {"total_bytes": 24 * 2 ** 30, "baseline_rss_bytes": 100e6, "multiple": 16,
@@ -174,8 +174,8 @@ def test_writers_produce_json_and_a_markdown_table(tmp_path, with_torch):
     assert ("engine / PyTorch" in text) is with_torch
     assert "estimate, not measured (H200)" in text
     assert "OPENBLAS_CORETYPE=Zen" in text and "unset" in text
-    assert "4.6% outside ONNX Runtime" in text
-    assert "OPENBLAS_NUM_THREADS=1 (scipy's BLAS on one thread): 2.1% outside" in text
+    assert "scipy's BLAS on one thread) of 21 evaluations" in text and "4.6% outside" in text
+    assert "with scipy's BLAS threads as set (all cores unless limited): 6.6% outside" in text
     assert "**1700 px** for a run" in text
     assert not list((tmp_path / "results").glob(".*"))  # atomic writes leave no temp files
 

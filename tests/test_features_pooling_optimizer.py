@@ -219,6 +219,28 @@ def test_seed_mode_spends_maxfun_evaluations_every_iteration_even_when_the_loss_
 
 
 @pytest.mark.parametrize("mode", ["seed", "continuous"])
+def test_lbfgs_runs_with_scipys_blas_on_one_thread_and_restores_it_after(mode):
+    from threadpoolctl import threadpool_info
+
+    from engine.config import OptimizerMode
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    before = blas_threads()
+    seen: list[set[int]] = []
+
+    class Recording(NearlyFlat):
+        def loss_and_grad(self, x):
+            seen.append(blas_threads())
+            return super().loss_and_grad(x)
+
+    optimize_module.optimize(Recording(), np.zeros(200), 2, 4, OptimizerMode(mode), lambda *a: None)
+    assert seen and all(threads == {1} for threads in seen)
+    assert blas_threads() == before
+
+
+@pytest.mark.parametrize("mode", ["seed", "continuous"])
 def test_tol_stops_once_a_step_lowers_the_loss_by_less_than_tol_of_itself(models_dir, lbfgs_calls, mode):
     # Content and a heavy tv from noise: converges fast towards a loss floor (> 0).
     tol, iterations, maxfun = 1e-2, 8, 10
