@@ -1,17 +1,159 @@
-"""Refusing a run that would not fit in memory, before it starts instead of being killed.
+"""Memory: what one evaluation and a run need at a working size, estimated before
+the run starts, and refusing a run that would not fit instead of being killed.
 
-The per-evaluation estimate (tensor bytes, linear in pixels) lives with the benchmark
-that checks it against measured peak RSS; ONNX Runtime's CPU arena keeps about
-``ARENA_FACTOR`` times the live tensor bytes (benchmarks/results: 6.0 KB/px measured
-against 2.1 KB/px of live tensors).
+The per-evaluation estimate counts tensor bytes (linear in pixels, plus the
+weights); ONNX Runtime's CPU arena and the process keep about ``ARENA_FACTOR``
+times that (benchmarks/results: the measured peak RSS beside the estimate).
 """
 from __future__ import annotations
 
-from .bench import GIB, estimate_eval_bytes, estimate_optimizer_bytes, largest_square, meminfo_bytes
-from .config import TransferConfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import vgg
+from .config import Pooling, TransferConfig
 from .errors import MemoryLimitError
 
+FLOAT32 = 4
+GIB = 1024 ** 3
 ARENA_FACTOR = 3.0
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """One tensor of the forward pass up to the deepest chosen layer: a conv's (ReLU'd) output or a pool's."""
+    kind: str        # "conv" or "pool"
+    name: str        # block1_conv1 ..., block1_pool ...
+    in_channels: int
+    channels: int
+    height: int      # of this tensor
+    width: int
+
+    @property
+    def elements(self) -> int:
+        return self.channels * self.height * self.width
+
+
+def forward_maps(config: TransferConfig, width: int, height: int) -> list[FeatureMap]:
+    """The forward tensors, in order, at a (width, height) image: each conv output (its
+    input is the previous map, or the image) and each 2x2 pool (floor) between blocks."""
+    order = vgg.conv_layer_names(config.convnet)
+    deepest = max([config.content_layer, *config.style_layers], key=order.index)
+    maps: list[FeatureMap] = []
+    h, w, block = height, width, 1
+    for layer in vgg.conv_layers(config.convnet):
+        if layer.block != block:
+            maps.append(FeatureMap("pool", f"block{block}_pool", layer.in_channels, layer.in_channels, h // 2, w // 2))
+            h, w, block = h // 2, w // 2, layer.block
+        maps.append(FeatureMap("conv", layer.name, layer.in_channels, layer.out_channels, h, w))
+        if layer.name == deepest:
+            break
+    return maps
+
+
+# Host-side copies of the image per evaluation, bytes per image element (3 per pixel): Problem
+# keeps its last 4 points as float64 and returns the gradient as float64; the evaluator's bound
+# float32 image and the float32 gradient it hands back.
+_HOST_BYTES_PER_ELEMENT = 4 * 8 + 8 + 4 + 4
+# Image-sized float32 tensors of the TV term and the final gradient sum (crops, differences, pads).
+_IMAGE_TENSORS = 12
+
+
+def activation_peak(config: TransferConfig, width: int, height: int) -> tuple[int, str]:
+    """The most float32 feature-map elements alive at once in one evaluation, and where.
+
+    A walk over the graph's phases, assuming tensors are freed after their last use:
+    at the end of the forward every conv (ReLU) output and pool output is kept for
+    the backward's masks, and each loss term's gradient w.r.t. its layer (a feature
+    map per style layer, two for the content layer: the difference and its gradient)
+    waits for the backward. Walking back, a step's own and shallower maps are still
+    alive, deeper ones are freed; a conv step adds the incoming gradient, the ReLU
+    mask, the masked gradient and the input gradient, a max-pool step the incoming
+    gradient and three input-sized tensors (mask, upsampled gradient, product).
+    """
+    maps = forward_maps(config, width, height)
+    seeds = {m.name: 0 for m in maps}
+    for layer in config.style_layers:
+        seeds[layer] += next(m.elements for m in maps if m.name == layer)
+    seeds[config.content_layer] += 2 * next(m.elements for m in maps if m.name == config.content_layer)
+    # An average pool also keeps its unscaled output (the scale is a separate Mul).
+    kept = [m.elements * (2 if m.kind == "pool" and config.pooling is Pooling.AVG else 1) for m in maps]
+    peak, where = sum(kept) + sum(seeds.values()), "end of forward"
+    for i in reversed(range(len(maps))):
+        m = maps[i]
+        below = maps[i - 1].elements if i > 0 else 3 * width * height
+        alive = sum(kept[:i + 1]) + sum(seeds[n.name] for n in maps[:i + 1])
+        transient = 3 * m.elements + below if m.kind == "conv" else m.elements + 3 * below
+        if alive + transient > peak:
+            peak, where = alive + transient, f"backward of {m.name}"
+    return peak, where
+
+
+def eval_memory_breakdown(config: TransferConfig, width: int, height: int) -> dict[str, int]:
+    """The parts of :func:`estimate_eval_bytes`, in bytes: ``weights`` is constant, the
+    other parts are proportional to the pixel count."""
+    maps = forward_maps(config, width, height)
+    pixels = width * height
+    params = sum(m.in_channels * m.channels * 9 + m.channels for m in maps if m.kind == "conv")
+    return {
+        "activations": FLOAT32 * activation_peak(config, width, height)[0],
+        "image": FLOAT32 * _IMAGE_TENSORS * 3 * pixels,
+        "host": _HOST_BYTES_PER_ELEMENT * 3 * pixels,
+        # The loss graph's forward weights and their flipped copies for the backward (the
+        # targets' session is closed once the targets are computed).
+        "weights": FLOAT32 * params * 2,
+    }
+
+
+def estimate_eval_bytes(config: TransferConfig, width: int, height: int) -> int:
+    """Estimated memory (bytes) one evaluation at a (width, height) working size needs:
+    the tensors alive at its peak (:func:`activation_peak`), the image-sized tensors and
+    host copies, and the weights (the constant part); affine in the pixel count.
+
+    It counts tensor bytes, as an allocator that frees each tensor after its last use
+    would need; an arena allocator keeps more (the benchmark reports the measured peak
+    RSS beside it). Excludes the interpreter and libraries and the optimiser's state
+    (:func:`estimate_optimizer_bytes`).
+    """
+    return sum(eval_memory_breakdown(config, width, height).values())
+
+
+def estimate_optimizer_bytes(width: int, height: int, history: int = 10) -> int:
+    """scipy's L-BFGS-B state for 3*width*height float64 variables: its work array
+    (2*m*n + 5*n + 11*m*m + 8*m doubles, m = ``history``, 10 by default) plus x,
+    the gradient and the bounds arrays (about 5 n doubles)."""
+    n = 3 * width * height
+    return 8 * (2 * history * n + 5 * n + 11 * history ** 2 + 8 * history + 5 * n)
+
+
+def largest_square(bytes_for: Callable[[int, int], float], budget: float, multiple: int = 16) -> int:
+    """The largest square side (a multiple of ``multiple``) with ``bytes_for(side, side) <= budget`` (0: none)."""
+    if bytes_for(multiple, multiple) > budget:
+        return 0
+    low, high = 1, 2
+    while bytes_for(high * multiple, high * multiple) <= budget:
+        low, high = high, high * 2
+        if high > 1 << 20:
+            return low * multiple
+    while high - low > 1:
+        mid = (low + high) // 2
+        if bytes_for(mid * multiple, mid * multiple) <= budget:
+            low = mid
+        else:
+            high = mid
+    return low * multiple
+
+
+def meminfo_bytes(key: str) -> int | None:
+    """A ``/proc/meminfo`` field (MemTotal, MemAvailable) in bytes, None where there is none."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def run_bytes(config: TransferConfig, width: int, height: int) -> float:

@@ -1,4 +1,4 @@
-"""The benchmark's pure parts: FLOP counts, the memory estimate, fits, the GPU estimate,
+"""The benchmark's pure parts: FLOP counts, the GPU estimate,
 the result writers, and the PyTorch reference loss (skipped without torch). No timing."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from engine import TransferConfig, preset_config
-from engine.bench import (GPU_TF32_TFLOPS, ConvFlops, conv_flops, estimate_eval_bytes, estimate_optimizer_bytes,
-                          eval_memory_breakdown, forward_maps, gpu_estimate, gpu_name, largest_square,
-                          loglog_exponent, markdown, result_stem, write_results)
+from engine.bench import (GPU_TF32_TFLOPS, ConvFlops, conv_flops, gpu_estimate, gpu_name, loglog_exponent, markdown,
+                          result_stem, write_results)
+from engine.memory import estimate_eval_bytes, eval_memory_breakdown
 from engine.errors import ConfigError
 
 
@@ -46,39 +46,6 @@ def test_conv_flops_of_the_starry_tubingen_layers_per_pixel():
     assert flops.forward == 574_848 * 256 * 176
     assert list(flops.per_layer)[-1] == "block5_conv1"
     assert len(flops.per_layer) == 11  # 2 + 2 + 3 + 3 convs, then block5_conv1
-
-
-def test_forward_maps_halve_at_each_pool():
-    maps = forward_maps(preset_config("starry_tubingen"), 64, 48)
-    pools = [m for m in maps if m.kind == "pool"]
-    assert [p.name for p in pools] == ["block1_pool", "block2_pool", "block3_pool", "block4_pool"]
-    assert (pools[-1].height, pools[-1].width) == (3, 4)
-    assert maps[-1].name == "block5_conv1" and maps[-1].channels == 512
-
-
-@pytest.mark.parametrize("preset", ["starry_tubingen", "pavlos_grandma_woman_with_hat"])
-def test_memory_estimate_is_linear_in_pixels(preset):
-    config = preset_config(preset)
-    fixed = eval_memory_breakdown(config, 16, 16)["weights"]
-    assert fixed == eval_memory_breakdown(config, 1024, 512)["weights"]
-    per_pixel = {(w, h): (estimate_eval_bytes(config, w, h) - fixed) / (w * h)
-                 for w, h in [(16, 16), (64, 32), (256, 176), (512, 336), (2048, 2048)]}
-    assert len(set(per_pixel.values())) == 1, per_pixel
-    # At least every kept ReLU output of the full-resolution block (2 x 64 float32 per pixel).
-    assert next(iter(per_pixel.values())) > 2 * 64 * 4
-
-
-def test_optimizer_state_is_linear_in_pixels():
-    a, b, c = (estimate_optimizer_bytes(s, s) for s in (32, 64, 96))
-    assert (b - a) / (64 * 64 - 32 * 32) == pytest.approx((c - b) / (96 * 96 - 64 * 64))
-    # L-BFGS-B with 10 corrections: 2*10 + 5 doubles per variable in its work array, 3 variables a pixel.
-    assert (b - a) / (64 * 64 - 32 * 32) >= 3 * 8 * 25
-
-
-def test_largest_square():
-    assert largest_square(lambda w, h: 100 + w * h, 100 + 64 * 64, 16) == 64
-    assert largest_square(lambda w, h: 100 + w * h, 100 + 64 * 64 - 1, 16) == 48
-    assert largest_square(lambda w, h: 100 + w * h, 10, 16) == 0
 
 
 def test_loglog_exponent():

@@ -1,11 +1,43 @@
-"""A run that would not fit in memory is refused up front, naming a size that fits."""
+"""The memory estimate (forward maps, tensors alive at the peak, the optimiser's state),
+and a run that would not fit in memory refused up front, naming a size that fits."""
 import pytest
 
-from engine import MemoryLimitError, TransferConfig
-from engine.bench import estimate_eval_bytes
-from engine.memory import ARENA_FACTOR, check_memory, run_bytes
+from engine import MemoryLimitError, TransferConfig, preset_config
+from engine.memory import (ARENA_FACTOR, GIB, check_memory, estimate_eval_bytes, estimate_optimizer_bytes,
+                           eval_memory_breakdown, forward_maps, largest_square, run_bytes)
 
-GIB = 1024 ** 3
+
+def test_forward_maps_halve_at_each_pool():
+    maps = forward_maps(preset_config("starry_tubingen"), 64, 48)
+    pools = [m for m in maps if m.kind == "pool"]
+    assert [p.name for p in pools] == ["block1_pool", "block2_pool", "block3_pool", "block4_pool"]
+    assert (pools[-1].height, pools[-1].width) == (3, 4)
+    assert maps[-1].name == "block5_conv1" and maps[-1].channels == 512
+
+
+@pytest.mark.parametrize("preset", ["starry_tubingen", "pavlos_grandma_woman_with_hat"])
+def test_memory_estimate_is_linear_in_pixels(preset):
+    config = preset_config(preset)
+    fixed = eval_memory_breakdown(config, 16, 16)["weights"]
+    assert fixed == eval_memory_breakdown(config, 1024, 512)["weights"]
+    per_pixel = {(w, h): (estimate_eval_bytes(config, w, h) - fixed) / (w * h)
+                 for w, h in [(16, 16), (64, 32), (256, 176), (512, 336), (2048, 2048)]}
+    assert len(set(per_pixel.values())) == 1, per_pixel
+    # At least every kept ReLU output of the full-resolution block (2 x 64 float32 per pixel).
+    assert next(iter(per_pixel.values())) > 2 * 64 * 4
+
+
+def test_optimizer_state_is_linear_in_pixels():
+    a, b, c = (estimate_optimizer_bytes(s, s) for s in (32, 64, 96))
+    assert (b - a) / (64 * 64 - 32 * 32) == pytest.approx((c - b) / (96 * 96 - 64 * 64))
+    # L-BFGS-B with 10 corrections: 2*10 + 5 doubles per variable in its work array, 3 variables a pixel.
+    assert (b - a) / (64 * 64 - 32 * 32) >= 3 * 8 * 25
+
+
+def test_largest_square():
+    assert largest_square(lambda w, h: 100 + w * h, 100 + 64 * 64, 16) == 64
+    assert largest_square(lambda w, h: 100 + w * h, 100 + 64 * 64 - 1, 16) == 48
+    assert largest_square(lambda w, h: 100 + w * h, 10, 16) == 0
 
 
 def test_run_estimate_grows_linearly_with_pixels_beyond_the_weights():
