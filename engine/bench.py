@@ -42,6 +42,7 @@ from . import vgg
 from .config import OptimizerMode, Pooling, Provider, StyleNormalization, TransferConfig
 from .errors import ConfigError, EngineError
 from .files import atomic_write_text
+from .images import load_image
 from .memory import (GIB, estimate_eval_bytes, estimate_optimizer_bytes, eval_memory_breakdown,
                      forward_maps, largest_square, meminfo_bytes)
 
@@ -757,13 +758,17 @@ def run_benchmark(options: BenchOptions, progress: Progress | None = None) -> di
         "torch": {"available": torch_available(), "used": use_torch},
     }
 
+    st = StyleTransfer(config, models_dir=options.models_dir, provider=options.provider, threads=threads)
+    content_size = load_image(options.content).size
+    for size in options.sizes:  # a size too small for the layers: one clear error before any measuring
+        st.sizes_for(content_size, size)
+
     emit(BenchStep(f"sgemm peak: numpy float32 {options.sgemm_n}x{options.sgemm_n} matmul, {threads} threads "
                    f"(child process, {' and '.join(BLAS_TUNING_VARIABLES)} unset)"))
     result["sgemm"], _ = least_disturbed(_monitored(lambda: sgemm_peak(threads, options.sgemm_n)),
                                          options.quiet_wait, CONTENTION_WARNING)
 
     reference = TorchLoss(config, load_weights(model, config.convnet).layers, threads) if use_torch else None
-    st = StyleTransfer(config, models_dir=options.models_dir, provider=options.provider, threads=threads)
     base_spec = {"config": config.to_dict(), "models_dir": str(options.models_dir) if options.models_dir else None,
                  "provider": options.provider.value, "threads": threads, "evals": options.rss_evals,
                  "content": str(options.content), "style": str(options.style), "model": str(model)}

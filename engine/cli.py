@@ -64,13 +64,18 @@ def layers(arch: Annotated[str, typer.Argument(help="vgg16 or vgg19.")] = "vgg16
         typer.echo(f"{'*' if name in usable else ' '} {name}")
 
 
-def _csv(text: Optional[str], kind=str) -> Optional[tuple]:
+_LIST_EXAMPLES = {"--style-weights": "1000,100,12,1,1", "--style-blend": "0.7,0.3",
+                  "--scale-iterations": "10,5,2", "--sizes": "128,256,512"}
+
+
+def _csv(text: Optional[str], kind=str, option: str = "") -> Optional[tuple]:
     if text is None:
         return None
     try:
         return tuple(kind(part.strip()) for part in text.split(",") if part.strip())
     except ValueError:
-        raise ConfigError(f"'{text}' is not a comma-separated list of numbers, e.g. 1000,100,12,1,1") from None
+        raise ConfigError(f"{option} '{text}' is not a comma-separated list of numbers: "
+                          f"e.g. {option} {_LIST_EXAMPLES[option]}") from None
 
 
 _DEFAULTS = TransferConfig()
@@ -148,10 +153,11 @@ def stylize(
     styles = [Path(p) for p in _csv(style or style_option)]
     settings = dict(
         convnet=convnet, content_layer=content_layer, style_layers=_csv(style_layers),
-        content_weight=content_weight, style_weights=_csv(style_weights, float), tv_weight=tv_weight,
+        content_weight=content_weight, style_weights=_csv(style_weights, float, "--style-weights"), tv_weight=tv_weight,
         iterations=iterations, maxfun=maxfun, seed=seed, size=size or None, pooling=pooling,
-        save_every=save_every, init=init, style_blend=_csv(style_blend, float), preserve_colors=preserve_colors,
-        style_scale=style_scale, scales=scales, min_size=min_size, scale_iterations=_csv(scale_iterations, int),
+        save_every=save_every, init=init, style_blend=_csv(style_blend, float, "--style-blend"),
+        preserve_colors=preserve_colors, style_scale=style_scale, scales=scales, min_size=min_size,
+        scale_iterations=_csv(scale_iterations, int, "--scale-iterations"),
         optimizer_mode=optimizer_mode, tol=tol, clip_pixels=clip_pixels,
         style_normalization=style_normalization, sheet=sheet, gif=gif, plot=plot, bit_depth=bit_depth)
     config = preset_config(preset, **settings) if preset else TransferConfig(
@@ -269,7 +275,7 @@ def bench(
     """Time one loss+gradient evaluation per size (vs PyTorch when installed) and write the results."""
     from .bench import markdown, run_benchmark, write_results
 
-    options = _BenchOptions(sizes=_csv(sizes, int), repeats=repeats, provider=provider, threads=threads,
+    options = _BenchOptions(sizes=_csv(sizes, int, "--sizes"), repeats=repeats, provider=provider, threads=threads,
                             lbfgs_evals=lbfgs_evals, lbfgs_size=lbfgs_size, gpu=gpu, torch=torch, preset=preset,
                             content=content, style=style, quiet_wait=quiet_wait, models_dir=models_dir)
     result = run_benchmark(options, progress=lambda step: typer.echo(step.message, err=True))

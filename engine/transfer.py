@@ -250,6 +250,18 @@ class StyleTransfer:
             scales[name] = np.array(maxed.mean() / max(float(a.mean()), 1e-12), np.float32)
         return scales
 
+    def sizes_for(self, content_size: tuple[int, int], size: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The output size and the working size (pool-friendly) of a content image at ``size``
+        px on its longest edge (None: its own size); ConfigError when too small for the layers."""
+        cfg = self.config
+        output_size = images.working_size(content_size, size)
+        if min(output_size) < cfg.min_image_size():
+            raise ConfigError(
+                f"the image would be {output_size[0]}x{output_size[1]} px, too small for the deepest chosen layer "
+                f"(needs {cfg.min_image_size()} px per side): use a larger --size (or --min-size), "
+                "or shallower layers")
+        return output_size, images.working_size(content_size, max(output_size), cfg.size_multiple())
+
     def prepare(self, content: ImageSource, style: Styles, size: int | None = None) -> Problem:
         """Load and resize the images, compute the targets, bind the loss-gradient session.
 
@@ -260,13 +272,7 @@ class StyleTransfer:
         sources = _as_list(style)
         self._check_styles(sources)
         content_image, style_images = _load(content), [_load(s) for s in sources]
-        output_size = images.working_size(content_image.size, size if size is not None else cfg.size)
-        width, height = images.working_size(content_image.size, max(output_size), cfg.size_multiple())
-        if min(output_size) < cfg.min_image_size():
-            raise ConfigError(
-                f"the image would be {output_size[0]}x{output_size[1]} px, too small for the deepest chosen layer "
-                f"(needs {cfg.min_image_size()} px per side): use a larger --size (or --min-size), "
-                "or shallower layers")
+        output_size, (width, height) = self.sizes_for(content_image.size, size if size is not None else cfg.size)
         colour_source = None
         if cfg.preserve_colors is PreserveColors.HISTOGRAM:
             style_images = [colors.match_histogram(s, content_image) for s in style_images]

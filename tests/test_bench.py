@@ -229,3 +229,24 @@ def test_cli_rejects_a_bad_benchmark_setting_with_one_line():
     assert result.exit_code == 1
     assert "unknown GPU 'GTX 480'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_nst_bench_refuses_bad_sizes_before_measuring_anything(tmp_path, vgg16_onnx, monkeypatch):
+    from typer.testing import CliRunner
+
+    import engine.bench
+    from conftest import error_line, written
+    from engine.cli import app
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured before the sizes were checked")
+
+    monkeypatch.setattr(engine.bench, "sgemm_peak", no_measuring)
+    out = tmp_path / "results"
+    common = ["bench", "--out-dir", str(out), "--models-dir", str(vgg16_onnx.parent), "--provider", "cpu",
+              "--quiet-wait", "0"]
+    line = error_line(CliRunner().invoke(app, [*common, "--sizes", "128,big"]))
+    assert "--sizes '128,big' is not a comma-separated list of numbers" in line and "e.g. --sizes 128,256,512" in line
+    line = error_line(CliRunner().invoke(app, [*common, "--sizes", "128,16"]))
+    assert "too small for the deepest chosen layer" in line
+    assert written(out) == []
