@@ -1026,8 +1026,8 @@ def markdown(result: dict[str, Any]) -> str:
     if "lbfgs" in result:
         lb = result["lbfgs"]
         lines += ["", "## Time outside ONNX Runtime", "",
-                  f"An L-BFGS-B run (the engine's driver, scipy's BLAS on one thread) of {lb['evaluations']} evaluations at "
-                  f"{lb['size'][0]}x{lb['size'][1]}: {lb['wall_s']:.2f} s wall, {100 * lb['outside_ort_share']:.1f}% "
+                  f"An L-BFGS-B run (the engine's driver, scipy's BLAS on one thread) of {lb['evaluations']} "
+                  f"evaluations at {lb['size'][0]}x{lb['size'][1]}: {lb['wall_s']:.2f} s wall, {100 * lb['outside_ort_share']:.1f}% "
                   f"outside ONNX Runtime's run ({lb['outside_ort_ms_per_eval']:.1f} ms per evaluation: "
                   f"optimiser {lb['optimizer_s']:.3f} s, Problem's conversions {lb['problem_conversions_s']:.3f} s, "
                   f"evaluator copies {lb['evaluator_copies_s']:.3f} s); ONNX Runtime's run took "

@@ -152,8 +152,8 @@ def stylize(
         raise ConfigError("give the style image(s) either as the STYLE argument or with --style, once")
     styles = [Path(p) for p in _csv(style or style_option)]
     settings = dict(
-        convnet=convnet, content_layer=content_layer, style_layers=_csv(style_layers),
-        content_weight=content_weight, style_weights=_csv(style_weights, float, "--style-weights"), tv_weight=tv_weight,
+        convnet=convnet, content_layer=content_layer, style_layers=_csv(style_layers), content_weight=content_weight,
+        style_weights=_csv(style_weights, float, "--style-weights"), tv_weight=tv_weight,
         iterations=iterations, maxfun=maxfun, seed=seed, size=size or None, pooling=pooling,
         save_every=save_every, init=init, style_blend=_csv(style_blend, float, "--style-blend"),
         preserve_colors=preserve_colors, style_scale=style_scale, scales=scales, min_size=min_size,
