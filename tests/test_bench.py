@@ -138,6 +138,7 @@ def test_writers_produce_json_and_a_markdown_table(tmp_path, with_torch):
     assert text == markdown(result)
     assert "2 cores of an AMD EPYC" in text
     assert "| 128x80 | 10,240 |" in text and "| 256x176 | 45,056 |" in text
+    assert "| ready s | first eval done s |" in text and "| 1.20 | 1.30 |" in text  # prepare, prepare + first eval
     assert ("engine / PyTorch" in text) is with_torch
     assert "estimate, not measured (H200)" in text
     assert "OPENBLAS_CORETYPE=Zen" in text and "unset" in text

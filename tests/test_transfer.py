@@ -160,6 +160,34 @@ def test_prepare_closes_the_targets_session_and_holds_only_the_loss_session(mode
     assert [v for v in st._sessions.values() if isinstance(v, ort.InferenceSession)] == sessions
 
 
+def test_the_loss_session_opens_beside_the_targets_computation_and_its_errors_reach_the_caller(
+        models_dir, monkeypatch):
+    import threading
+
+    from engine.errors import ProviderError
+
+    real = transfer.create_session
+    opened = {}
+
+    def recording(source, *args, **kwargs):
+        kind = "loss" if str(source).endswith("-loss.onnx") else "other"
+        opened[kind] = threading.current_thread() is threading.main_thread()
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(transfer, "create_session", recording)
+    engine_for(models_dir).prepare(CONTENT, STYLE)
+    assert opened == {"loss": False, "other": True}
+
+    def failing(source, *args, **kwargs):
+        if str(source).endswith("-loss.onnx"):
+            raise ProviderError("CUDA was requested but could not start")
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(transfer, "create_session", failing)
+    with pytest.raises(ProviderError, match="could not start"):
+        engine_for(models_dir).prepare(CONTENT, STYLE)
+
+
 def test_cpu_sessions_plan_no_memory_pattern(models_dir):
     # A memory pattern makes the CPU arena hold one block as large as all activations beside
     # the first run's chunks (benchmarks/results: 1.36 GiB peak at 512 px, 0.72 without).
