@@ -10,6 +10,7 @@ import io
 import os
 import platform
 import sys
+import threading
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +26,7 @@ from .export import INPUT_NAME
 from .graph.lossgrad import GRAD
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+_CUDA_START = threading.Lock()
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -62,16 +64,19 @@ def create_session(model: str | Path | bytes, provider: Provider | str = Provide
                 "CUDA was requested but this onnxruntime build has no CUDA provider; install "
                 "onnxruntime-gpu (x86-64 Linux/Windows) or use --provider cpu")
     elif wants_cuda:
-        if hasattr(ort, "preload_dlls"):
-            try:
-                # CUDA/cuDNN from the nvidia-* pip wheels, when installed. It print()s each library
-                # it misses to stdout, where only results belong; CUDA not starting is reported below.
-                with redirect_stdout(io.StringIO()):
-                    ort.preload_dlls()
-            except Exception:  # missing libraries show up below as CUDA not starting
-                pass
-        with _quiet_ort():
-            session = ort.InferenceSession(model, options, providers=[(CUDA, cuda_options or {}), CPU])
+        # One at a time: the stdout redirection and the logger severity are process-wide, and
+        # sessions may be opened from two threads (the loss session beside the targets').
+        with _CUDA_START:
+            if hasattr(ort, "preload_dlls"):
+                try:
+                    # CUDA/cuDNN from the nvidia-* pip wheels, when installed. It print()s each library
+                    # it misses to stdout, where only results belong; CUDA not starting is reported below.
+                    with redirect_stdout(io.StringIO()):
+                        ort.preload_dlls()
+                except Exception:  # missing libraries show up below as CUDA not starting
+                    pass
+            with _quiet_ort():
+                session = ort.InferenceSession(model, options, providers=[(CUDA, cuda_options or {}), CPU])
         if session.get_providers()[0] == CUDA:
             return session
         if provider is Provider.CUDA:

@@ -188,6 +188,43 @@ def test_the_loss_session_opens_beside_the_targets_computation_and_its_errors_re
         engine_for(models_dir).prepare(CONTENT, STYLE)
 
 
+def test_cuda_starts_from_two_threads_at_once_leave_stdout_as_it_was(monkeypatch):
+    # prepare opens the loss session in a thread beside the targets': CUDA's start redirects
+    # stdout (preload_dlls prints) and quiets ORT's logger, both process-wide.
+    import sys
+    import threading
+    import time
+
+    from engine.errors import ProviderError
+    from engine.graph.builder import GraphBuilder
+    from engine.runtime import CPU, CUDA, create_session
+
+    def noisy_preload():
+        print("missing libcudnn.so.9")
+        time.sleep(0.05)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(ort, "preload_dlls", noisy_preload, raising=False)
+    b = GraphBuilder()
+    b.output("y", b.op("Relu", b.input("x", [1])), [1])
+    model = b.model("probe").SerializeToString()
+    stdout, errors = sys.stdout, []
+
+    def start():
+        try:
+            create_session(model, "cuda")
+        except ProviderError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sys.stdout is stdout
+    assert len(errors) == 4
+
+
 def test_cpu_sessions_plan_no_memory_pattern(models_dir):
     # A memory pattern makes the CPU arena hold one block as large as all activations beside
     # the first run's chunks (benchmarks/results: 1.36 GiB peak at 512 px, 0.72 without).
