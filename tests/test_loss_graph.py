@@ -283,6 +283,22 @@ def test_graph_cache_second_call_reuses_files_without_rebuilding(synthetic_model
     assert (second.loss.stat().st_mtime_ns, second.targets.stat().st_mtime_ns) == mtimes
 
 
+def test_writing_a_graph_removes_the_graphs_of_other_graph_versions(synthetic_model, monkeypatch):
+    graphs_dir = synthetic_model.parent / "graphs"
+    with monkeypatch.context() as patch:
+        patch.setattr(lossgrad, "GRAPH_VERSION", "older")
+        older = lossgrad.graph_paths(synthetic_model, LayerChoice("block2_conv1", ("block1_conv1",)))
+    legacy = graphs_dir / "vgg16-0123456789abcdef-loss.onnx"  # named before versions were in the name
+    legacy.write_bytes(b"old")
+    unrelated = graphs_dir / "notes.onnx"
+    unrelated.write_bytes(b"not a graph of ours")
+    current = lossgrad.graph_paths(synthetic_model, LayerChoice("block3_conv1", ("block1_conv1",)))
+    another = lossgrad.graph_paths(synthetic_model, LayerChoice("block4_conv1", ("block1_conv1",)))
+    names = set(files_in(graphs_dir))
+    assert {current.loss.name, current.targets.name, another.loss.name, another.targets.name, "notes.onnx"} <= names
+    assert not {older.loss.name, older.targets.name, legacy.name} & names
+
+
 def test_graph_cache_key_holds_the_layers_and_the_pooling(synthetic_model):
     base = LayerChoice("block4_conv2", SEED_STYLE_LAYERS)
     variants = [

@@ -187,13 +187,15 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
     """The cached targets and loss graphs for this model and layer choice (built when absent).
 
     The key holds the model's weights checksum, the layers, the pooling and
-    GRAPH_VERSION, so a changed model or choice never reuses a stale graph.
+    GRAPH_VERSION, so a changed model or choice never reuses a stale graph. Writing
+    a graph removes the folder's graphs of other GRAPH_VERSIONs (40 MB or more each),
+    which no version of the engine after them reads.
     """
     feature_model = onnx.load(model_path)
     meta = model_metadata(feature_model)
     key = json.dumps([GRAPH_VERSION, meta["weights_sha256"], choice.content_layer,
                       list(choice.style_layers), choice.pooling])
-    stem = f"{meta['architecture']}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    stem = f"{meta['architecture']}-g{GRAPH_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     names = {"targets": f"{stem}-targets.onnx", "loss": f"{stem}-loss.onnx"}
     builders = {"targets": build_targets_graph, "loss": build_loss_graph}
     folders = [model_path.parent / "graphs", cache_dir() / "graphs"]
@@ -208,7 +210,14 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
         if folder is None:
             raise OSError(f"cannot write the {kind} graph to any of {', '.join(map(str, folders))}")
         paths[kind] = write_model(model, folder / name)
+        _remove_other_versions(folder)
     return Graphs(paths["targets"], paths["loss"], tuple(pools(forward_steps(feature_model, choice))), meta)
+
+
+def _remove_other_versions(folder: Path) -> None:
+    for path in folder.glob("*.onnx"):
+        if path.name.endswith(("-loss.onnx", "-targets.onnx")) and f"-g{GRAPH_VERSION}-" not in path.name:
+            path.unlink(missing_ok=True)
 
 
 def _writable(folder: Path) -> bool:
