@@ -8,7 +8,7 @@ The public API, what an embedding application imports::
 __version__ = "0.1.0"
 
 from .config import Pooling, Provider, TransferConfig
-from .errors import (ConfigError, EngineError, ImageError, MemoryLimitError, ModelNotFoundError,
+from .errors import (ConfigError, EngineError, ImageError, MemoryLimitError, ModelFileError, ModelNotFoundError,
                      ProviderError, WeightsError)
 from .export import export_model
 from .presets import PRESETS, preset_config
@@ -17,7 +17,7 @@ from .weights import VGGWeights, load_weights
 
 __all__ = [
     "ConfigError", "EngineError", "Evaluated", "ImageError", "IterationDone", "MemoryLimitError",
-    "ModelNotFoundError", "PRESETS", "Pooling", "Prepared", "Problem", "Provider", "ProviderError",
+    "ModelFileError", "ModelNotFoundError", "PRESETS", "Pooling", "Prepared", "Problem", "Provider", "ProviderError",
     "StyleTransfer", "TransferConfig", "TransferResult", "VGGWeights", "WeightsError", "export_model",
     "load_weights", "preset_config",
 ]

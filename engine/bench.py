@@ -44,7 +44,7 @@ from .errors import ConfigError, EngineError
 from .files import atomic_write_text
 from .images import load_image
 from .memory import (GIB, estimate_eval_bytes, estimate_optimizer_bytes, eval_memory_breakdown,
-                     forward_maps, largest_square, meminfo_bytes)
+                     forward_maps, largest_square, proc_bytes)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONTENT = ROOT / "examples" / "content.jpg"
@@ -175,30 +175,17 @@ def cpu_count() -> int:
 
 
 def total_memory_bytes() -> int:
-    return meminfo_bytes("MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _status_kib(key: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB (VmRSS, VmHWM), None where there is none."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+    return proc_bytes("meminfo", "MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def current_rss_bytes() -> int:
-    kib = _status_kib("VmRSS")
-    return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return proc_bytes("self/status", "VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def peak_rss_bytes() -> int:
     # VmHWM is the high-water mark of this process's own address space. ru_maxrss can carry
     # the parent's after a vfork+exec (the kernel folds the old mm's mark into it at exec).
-    kib = _status_kib("VmHWM")
-    return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return proc_bytes("self/status", "VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def machine_info(threads: int) -> dict[str, Any]:

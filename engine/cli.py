@@ -7,15 +7,14 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-import onnx
 import onnxruntime as ort
 import typer
 
 from . import vgg
 from .config import (OptimizerMode, Pooling, PreserveColors, Provider, StyleNormalization,
                      TransferConfig)
-from .errors import ConfigError, EngineError, ProviderError
-from .export import export_model, model_metadata
+from .errors import ConfigError, EngineError, ModelFileError, ProviderError
+from .export import export_model, model_metadata, read_feature_model
 from .models import search_dirs
 from .presets import PRESETS, preset_config
 from .runtime import probe_provider, versions
@@ -236,7 +235,11 @@ def info(models_dir: ModelsDir = None):
     for folder in search_dirs(models_dir):
         typer.echo(f"  {folder}{'' if folder.is_dir() else ' (absent)'}")
         for model in sorted(folder.glob("*.onnx")) if folder.is_dir() else []:
-            meta = model_metadata(onnx.load(model, load_external_data=False))
+            try:
+                meta = model_metadata(read_feature_model(model))
+            except ModelFileError as exc:
+                typer.echo(f"    {model.name}: unusable: {exc}")
+                continue
             typer.echo(f"    {model.name}: {meta.get('architecture')} weights {meta.get('weights_sha256', '?')[:12]}"
                        f" from {meta.get('weights_source')}")
 

@@ -13,6 +13,10 @@ class ModelNotFoundError(EngineError):
     """No exported feature graph was found where the engine looks for one."""
 
 
+class ModelFileError(EngineError):
+    """An exported model or a cached graph is damaged or was not made by the engine."""
+
+
 class ConfigError(EngineError):
     """A setting is invalid or conflicts with another one."""
 

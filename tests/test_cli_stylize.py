@@ -206,6 +206,35 @@ def test_missing_vgg19_model_says_it_needs_weights(no_models_anywhere, out_dir):
     assert "vgg19.onnx" in line and "nst export vgg19 --weights" in line
 
 
+def test_damaged_model_or_cached_graph_is_one_error_line_naming_the_file(models_dir, tmp_path, out_dir):
+    import shutil
+
+    mine = tmp_path / "models"
+    mine.mkdir()
+    model = mine / "vgg16.onnx"
+    model.write_bytes((models_dir / "vgg16.onnx").read_bytes()[:100_000])  # a cut-off download or copy
+    line = error_line(stylize(mine, out_dir / "x.png"))
+    assert str(model) in line and "not a readable ONNX model" in line and "nst export" in line
+    assert written(out_dir) == []
+
+    from engine.graph.builder import GraphBuilder
+
+    b = GraphBuilder()  # a valid ONNX model, but not a feature graph of ours
+    b.output("y", b.op("Relu", b.input("x", [1])), [1])
+    model.write_bytes(b.model("other").SerializeToString())
+    line = error_line(stylize(mine, out_dir / "x.png"))
+    assert "not a feature graph written by `nst export`" in line
+    assert written(out_dir) == []
+
+    shutil.copyfile(models_dir / "vgg16.onnx", model)
+    assert stylize(mine, out_dir / "x.png").exit_code == 0
+    loss_graph = next((mine / "graphs").glob("*-loss.onnx"))
+    loss_graph.write_bytes(b"not a graph")
+    line = error_line(stylize(mine, out_dir / "y.png"))
+    assert str(loss_graph) in line and "delete the file and run again" in line
+    assert not [name for name in written(out_dir) if name.startswith("y")]
+
+
 @pytest.mark.skipif(cuda_device_present(), reason="this machine has a GPU: CUDA may start")
 def test_provider_cuda_without_a_gpu_is_one_error_line(models_dir, out_dir):
     result = stylize(models_dir, out_dir / "x.png")
@@ -246,3 +275,12 @@ def test_info_shows_providers_and_the_one_a_session_gets(models_dir):
         assert "CPUExecutionProvider" in session_line and "CUDA" not in session_line
         assert any(line.startswith("cuda") and "not usable" in line for line in out.splitlines())
     assert "vgg16.onnx" in out and str(models_dir) in out
+
+
+def test_info_lists_a_damaged_model_as_unusable_and_goes_on(tmp_path):
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    result = runner.invoke(app, ["info", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    line = next(line for line in result.stdout.splitlines() if "broken.onnx" in line)
+    assert "unusable" in line and "not a readable ONNX model" in line

@@ -25,7 +25,7 @@ import onnx
 from onnx import helper
 
 from .. import vgg
-from ..export import INPUT_NAME, model_metadata, write_model
+from ..export import INPUT_NAME, model_metadata, read_feature_model, write_model
 from ..models import cache_dir
 from .builder import GraphBuilder
 from .ops import RULES, Step
@@ -191,7 +191,7 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
     a graph removes the folder's graphs of other GRAPH_VERSIONs (40 MB or more each),
     which no version of the engine after them reads.
     """
-    feature_model = onnx.load(model_path)
+    feature_model = read_feature_model(model_path)
     meta = model_metadata(feature_model)
     key = json.dumps([GRAPH_VERSION, meta["weights_sha256"], choice.content_layer,
                       list(choice.style_layers), choice.pooling])
@@ -217,7 +217,10 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
 def _remove_other_versions(folder: Path) -> None:
     for path in folder.glob("*.onnx"):
         if path.name.endswith(("-loss.onnx", "-targets.onnx")) and f"-g{GRAPH_VERSION}-" not in path.name:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # another user's file in a shared cache: theirs to remove
+                pass
 
 
 def _writable(folder: Path) -> bool:
