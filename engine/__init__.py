@@ -10,10 +10,10 @@ __version__ = "0.1.0"
 from .config import Pooling, Provider, TransferConfig
 from .errors import (ConfigError, EngineError, ImageError, MemoryLimitError, ModelFileError, ModelNotFoundError,
                      ProviderError, WeightsError)
-from .export import export_model
+from .models.export import export_model
+from .models.weights import VGGWeights, load_weights
 from .presets import PRESETS, preset_config
-from .transfer import Evaluated, IterationDone, Prepared, Problem, StyleTransfer, TransferResult
-from .weights import VGGWeights, load_weights
+from .run.transfer import Evaluated, IterationDone, Prepared, Problem, StyleTransfer, TransferResult
 
 __all__ = [
     "ConfigError", "EngineError", "Evaluated", "ImageError", "IterationDone", "MemoryLimitError",

@@ -10,15 +10,14 @@ from typing import Annotated, Optional
 import onnxruntime as ort
 import typer
 
-from . import vgg
-from .config import (OptimizerMode, Pooling, PreserveColors, Provider, StyleNormalization,
-                     TransferConfig)
+from .models import vgg
+from .config import OptimizerMode, Pooling, PreserveColors, Provider, StyleNormalization, TransferConfig
 from .errors import ConfigError, EngineError, ModelFileError, ProviderError
-from .export import export_model, model_metadata, read_feature_model
-from .models import search_dirs
+from .models.export import export_model, model_metadata, read_feature_model
+from .models.store import search_dirs
 from .presets import PRESETS, preset_config
-from .runtime import probe_provider, versions
-from .transfer import Evaluated, IterationDone, Prepared, StyleTransfer, record_path
+from .runtime.sessions import probe_provider, versions
+from .run.transfer import Evaluated, IterationDone, Prepared, StyleTransfer, record_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Neural style transfer (Gatys et al.) on ONNX Runtime.")
@@ -244,7 +243,7 @@ def info(models_dir: ModelsDir = None):
                        f" from {meta.get('weights_source')}")
 
 
-from .bench import BenchOptions as _BenchOptions  # noqa: E402  (the bench command's defaults)
+from benchmarks.harness import BenchOptions as _BenchOptions
 
 _BENCH = _BenchOptions()
 
@@ -276,7 +275,8 @@ def bench(
     models_dir: ModelsDir = None,
 ):
     """Time one loss+gradient evaluation per size (vs PyTorch when installed) and write the results."""
-    from .bench import markdown, run_benchmark, write_results
+    from benchmarks.harness import run_benchmark
+    from benchmarks.report import markdown, write_results
 
     options = _BenchOptions(sizes=_csv(sizes, int, "--sizes"), repeats=repeats, provider=provider, threads=threads,
                             lbfgs_evals=lbfgs_evals, lbfgs_size=lbfgs_size, gpu=gpu, torch=torch, preset=preset,

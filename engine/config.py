@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
-from . import vgg
+from .models import vgg
 from .errors import ConfigError
 
 

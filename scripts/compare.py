@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from engine import IterationDone, StyleTransfer, preset_config
-from engine.visuals import loss_curves
+from engine.io.visuals import loss_curves
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENT, STYLE = ROOT / "examples" / "content.jpg", ROOT / "examples" / "style.jpg"

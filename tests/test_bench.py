@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from engine import TransferConfig, preset_config
-from engine.bench import (GPU_TF32_TFLOPS, ConvFlops, conv_flops, gpu_estimate, gpu_name, loglog_exponent, markdown,
-                          result_stem, write_results)
-from engine.memory import estimate_eval_bytes, eval_memory_breakdown
+from benchmarks.harness import GPU_TF32_TFLOPS, ConvFlops, conv_flops, gpu_estimate, gpu_name, loglog_exponent
+from benchmarks.report import markdown, result_stem, write_results
+from engine.runtime.memory import estimate_eval_bytes, eval_memory_breakdown
 from engine.errors import ConfigError
 
 
@@ -158,7 +158,7 @@ def test_torch_reference_matches_the_float64_reference():
     import loss_reference
     import vgg_reference
 
-    from engine.bench import TorchLoss
+    from benchmarks.torch_reference import TorchLoss
 
     config = TransferConfig(content_layer="block2_conv1", style_layers=("block1_conv1", "block2_conv1"),
                             style_weights=(10.0, 1.0), content_weight=2.0, tv_weight=0.5)
@@ -201,7 +201,7 @@ def test_markdown_warns_when_other_processes_took_the_cpu():
 
 
 def test_timings_set_aside_disturbed_calls_only_when_enough_are_clean():
-    from engine.bench import Timings
+    from benchmarks.harness import Timings
 
     t = Timings(seconds=[1.0, 2.0, 3.0, 4.0], other_s=[0.0, 1.0, 0.02, None], capacity_s=[2.0, 2.0, 2.0, None])
     assert t.other_cpu == [0.0, 0.5, 0.01, None]
@@ -212,7 +212,7 @@ def test_timings_set_aside_disturbed_calls_only_when_enough_are_clean():
 
 
 def test_interleaved_timing_alternates_the_order():
-    from engine.bench import interleaved_times
+    from benchmarks.harness import interleaved_times
 
     calls = []
     timings = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
@@ -235,14 +235,14 @@ def test_cli_rejects_a_bad_benchmark_setting_with_one_line():
 def test_nst_bench_refuses_bad_sizes_before_measuring_anything(tmp_path, vgg16_onnx, monkeypatch):
     from typer.testing import CliRunner
 
-    import engine.bench
+    import benchmarks.harness
     from conftest import error_line, written
     from engine.cli import app
 
     def no_measuring(*args, **kwargs):
         raise AssertionError("measured before the sizes were checked")
 
-    monkeypatch.setattr(engine.bench, "sgemm_peak", no_measuring)
+    monkeypatch.setattr(benchmarks.harness, "sgemm_peak", no_measuring)
     out = tmp_path / "results"
     common = ["bench", "--out-dir", str(out), "--models-dir", str(vgg16_onnx.parent), "--provider", "cpu",
               "--quiet-wait", "0"]

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import engine.models
-import engine.transfer
+import engine.models.store
+import engine.run.transfer
 from conftest import error_line, written
 from engine.cli import app
-from engine.runtime import cuda_device_present
+from engine.runtime.sessions import cuda_device_present
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENT = ROOT / "examples" / "content.jpg"
@@ -167,7 +167,7 @@ def test_bad_settings_are_one_error_line(models_dir, out_dir, case):
 
 def test_unwritable_output_folder_is_reported_before_any_computing(tmp_path, models_dir, monkeypatch):
     prepared = []
-    monkeypatch.setattr(engine.transfer.StyleTransfer, "prepare",
+    monkeypatch.setattr(engine.run.transfer.StyleTransfer, "prepare",
                         lambda self, *args, **kwargs: prepared.append(args) or pytest.fail("computed"))
     blocker = tmp_path / "notes.txt"
     blocker.write_text("a file, not a folder")
@@ -190,7 +190,7 @@ def no_models_anywhere(tmp_path, monkeypatch) -> Path:
     empty.mkdir()
     monkeypatch.setenv("NST_MODELS_DIR", str(tmp_path / "env-models"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(engine.models, "MANIFEST", tmp_path / "no-manifest.json")
+    monkeypatch.setattr(engine.models.store, "MANIFEST", tmp_path / "no-manifest.json")
     return empty
 
 

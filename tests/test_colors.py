@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.colors import from_yiq, luminance_only, match_histogram, match_luminance, recombine_luminance, to_yiq
-from engine.images import load_image
+from engine.io.colors import from_yiq, luminance_only, match_histogram, match_luminance, recombine_luminance, to_yiq
+from engine.io.images import load_image
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # Rounding each RGB channel by at most 0.5 moves I by at most 0.5 (0.596 + 0.274 + 0.322)

@@ -12,7 +12,7 @@ import pytest
 import engine
 import vgg_reference
 from conftest import ROOT, files_in, ort_session, run_features
-from engine.models import export_dir, find_model
+from engine.models.store import export_dir, find_model
 
 VGG16_CONVS = ["block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2",
                "block3_conv1", "block3_conv2", "block3_conv3",
@@ -183,7 +183,7 @@ def test_unknown_architecture_is_a_config_error(tmp_path):
 @pytest.fixture
 def places(tmp_path, monkeypatch):
     """Four candidate folders (--models-dir, $NST_MODELS_DIR, a checkout's exported_models/, the user cache)."""
-    import engine.models as models
+    import engine.models.store as models
 
     dirs = {name: tmp_path / name for name in ("explicit", "env", "checkout", "xdg")}
     for folder in dirs.values():

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import engine.colors
-import engine.transfer as transfer
+import engine.io.colors
+import engine.run.transfer as transfer
 from engine import IterationDone, Prepared, StyleTransfer, TransferConfig
 from features_support import (CONTENT, SHALLOW, STYLE, YIQ, caffe, capture_constants, engine_for,
                               periodic_texture, rgb_of, uncaffe, write_png)
@@ -43,7 +43,7 @@ def luminance_run(tmp_path_factory, models_dir):
     """A luminance-mode run at 48 px, with the Problem and the style as match_luminance made it."""
     folder = tmp_path_factory.mktemp("luminance")
     problems, matched = [], []
-    real_prepare, real_match = StyleTransfer.prepare, engine.colors.match_luminance
+    real_prepare, real_match = StyleTransfer.prepare, engine.io.colors.match_luminance
 
     def prepare(self, *args, **kwargs):
         problems.append(real_prepare(self, *args, **kwargs))
@@ -55,7 +55,7 @@ def luminance_run(tmp_path_factory, models_dir):
 
     mp = pytest.MonkeyPatch()
     mp.setattr(StyleTransfer, "prepare", prepare)
-    mp.setattr(engine.colors, "match_luminance", match_luminance)
+    mp.setattr(engine.io.colors, "match_luminance", match_luminance)
     try:
         result = engine_for(models_dir, size=48, iterations=2, preserve_colors="luminance").run(
             CONTENT, STYLE, folder / "cat.png")
@@ -105,14 +105,14 @@ def test_luminance_mode_feeds_the_network_grey_images_with_the_contents_luminanc
 
 def test_histogram_mode_recolours_the_style_to_the_contents_mean_and_covariance(models_dir, monkeypatch):
     recoloured = []
-    real = engine.colors.match_histogram
+    real = engine.io.colors.match_histogram
 
     def recording(style, content):
         out = real(style, content)
         recoloured.append(out)
         return out
 
-    monkeypatch.setattr(engine.colors, "match_histogram", recording)
+    monkeypatch.setattr(engine.io.colors, "match_histogram", recording)
     problem = engine_for(models_dir, preserve_colors="histogram").prepare(CONTENT, STYLE)
     assert len(recoloured) == 1
     recoloured_rgb = np.asarray(rgb_of(recoloured[0]), np.float64)

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import pytest
 
-import engine.optimize as optimize_module
-import engine.transfer as transfer
+import engine.run.optimize as optimize_module
+import engine.run.transfer as transfer
 import loss_reference as ref
 from engine import Evaluated, IterationDone, StyleTransfer
 from features_support import (CONTENT, MEAN_BGR, STYLE, VGG16_CHANNELS, caffe, capture_constants, engine_for,

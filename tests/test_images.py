@@ -5,7 +5,7 @@ import pytest
 from PIL import Image, ImageCms, ImageFile
 
 from engine.errors import ImageError
-from engine.images import check_writable, deprocess, load_image, preprocess, save_image, working_size
+from engine.io.images import check_writable, deprocess, load_image, preprocess, save_image, working_size
 
 
 def noise(height=24, width=32, seed=0):
@@ -302,11 +302,11 @@ def test_check_writable_refuses_a_read_only_folder(tmp_path, monkeypatch):
     if os.geteuid() != 0:
         folder.chmod(0o555)
     else:  # root writes anywhere, so simulate the refusal there
-        import engine.images
+        import engine.io.images
 
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
-        monkeypatch.setattr(engine.images.tempfile, "TemporaryFile", refuse)
+        monkeypatch.setattr(engine.io.images.tempfile, "TemporaryFile", refuse)
     try:
         with pytest.raises(ImageError, match="not writable"):
             check_writable(folder / "new" / "out.png")

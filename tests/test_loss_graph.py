@@ -17,11 +17,11 @@ import pytest
 
 import loss_reference as ref
 import vgg_reference
-from engine import images
-from engine.export import export, feature_graph
+from engine.io import images
+from engine.models.export import export, feature_graph
 from engine.graph import lossgrad
 from engine.graph.lossgrad import LayerChoice
-from engine.weights import VGGWeights, load_weights
+from engine.models.weights import VGGWeights, load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import losses
+from engine.graph import losses
 
 FLOAT32_RTOL = 1e-6
 

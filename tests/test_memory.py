@@ -3,8 +3,8 @@ and a run that would not fit in memory refused up front, naming a size that fits
 import pytest
 
 from engine import MemoryLimitError, TransferConfig, preset_config
-from engine.memory import (ARENA_FACTOR, GIB, check_memory, estimate_eval_bytes, estimate_optimizer_bytes,
-                           eval_memory_breakdown, forward_maps, largest_square, run_bytes)
+from engine.runtime.memory import (ARENA_FACTOR, GIB, check_memory, estimate_eval_bytes, estimate_optimizer_bytes,
+                                   eval_memory_breakdown, forward_maps, largest_square, run_bytes)
 
 
 def test_forward_maps_halve_at_each_pool():

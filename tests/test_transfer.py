@@ -16,8 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import loss_reference as ref
-import engine.optimize as optimize_module
-import engine.transfer as transfer
+import engine.run.optimize as optimize_module
+import engine.run.transfer as transfer
 from engine import Evaluated, IterationDone, Prepared, StyleTransfer, TransferConfig
 from engine.cli import app
 
@@ -197,7 +197,7 @@ def test_cuda_starts_from_two_threads_at_once_leave_stdout_as_it_was(monkeypatch
 
     from engine.errors import ProviderError
     from engine.graph.builder import GraphBuilder
-    from engine.runtime import CPU, CUDA, create_session
+    from engine.runtime.sessions import CPU, CUDA, create_session
 
     def noisy_preload():
         print("missing libcudnn.so.9")

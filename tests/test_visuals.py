@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from engine.errors import ConfigError, ImageError
-from engine.visuals import check_plotting, contact_sheet, loss_curve, loss_curves, progress_gif, save_image16
+from engine.io.visuals import check_plotting, contact_sheet, loss_curve, loss_curves, progress_gif, save_image16
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]

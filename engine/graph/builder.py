@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..export import IR_VERSION, OPSET
+from ..models.export import IR_VERSION, OPSET
 
 INT64_MAX = np.iinfo(np.int64).max
 

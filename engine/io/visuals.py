@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import ConfigError, ImageError
+from ..errors import ConfigError, ImageError
 from .files import atomic_path
 from .images import load_image
 

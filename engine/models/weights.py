@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from . import vgg
-from .errors import WeightsError
-from .files import atomic_write_bytes
+from ..errors import WeightsError
+from ..io.files import atomic_write_bytes
 
 Layers = dict[str, tuple[np.ndarray, np.ndarray]]
 

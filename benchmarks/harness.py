@@ -15,8 +15,7 @@ L-BFGS run spends outside ONNX Runtime, how time grows with pixel count, the
 largest size that fits in memory, and, without a GPU, a FLOP-based GPU estimate.
 
 A library module: it never prints. Progress leaves as :class:`BenchStep` events,
-results as plain dicts (JSON-ready); :func:`markdown` and :func:`write_results`
-render them.
+results as plain dicts (JSON-ready); :mod:`benchmarks.report` renders them.
 """
 from __future__ import annotations
 
@@ -32,19 +31,19 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import vgg
-from .config import OptimizerMode, Pooling, Provider, StyleNormalization, TransferConfig
-from .errors import ConfigError, EngineError
-from .files import atomic_write_text
-from .images import load_image
-from .memory import (GIB, estimate_eval_bytes, estimate_optimizer_bytes, eval_memory_breakdown,
-                     forward_maps, largest_square, proc_bytes)
+from engine.config import OptimizerMode, Provider, TransferConfig
+from engine.errors import ConfigError, EngineError
+from engine.io.images import load_image
+from engine.runtime.memory import (GIB, estimate_eval_bytes, estimate_optimizer_bytes, eval_memory_breakdown,
+                                   forward_maps, largest_square, proc_bytes)
+
+from .torch_reference import TorchLoss, check_torch
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONTENT = ROOT / "examples" / "content.jpg"
@@ -189,7 +188,7 @@ def peak_rss_bytes() -> int:
 
 
 def machine_info(threads: int) -> dict[str, Any]:
-    from .runtime import versions
+    from engine.runtime.sessions import versions
 
     info = {
         "cpu": cpu_model(),
@@ -300,131 +299,6 @@ def sgemm_peak(threads: int, n: int = 4096, repeats: int = 5) -> dict[str, Any]:
             "gflops": 2 * n ** 3 / best / 1e9, "blas": out["blas"],
             "unset_for_measurement": list(BLAS_TUNING_VARIABLES),
             "environment": {name: os.environ.get(name) for name in BLAS_TUNING_VARIABLES}}
-
-
-# ------------------------------------------------------------------ the PyTorch reference
-
-
-class TorchLoss:
-    """The engine's loss in PyTorch eager mode, float32, on the same conv weights.
-
-    Same terms as the loss-gradient graph: ``content_weight * sum((F - T)^2)``; per
-    style layer ``weight / len(layers) / (4 (h w)^2) * sum((G - G_t)^2)`` with
-    ``G = F F^T`` (F as (C, h w)); the seed's total variation with its slicing; 2x2
-    max pooling between blocks. Its targets are computed here, in PyTorch, from the
-    same preprocessed images, so a match checks the targets too.
-    """
-
-    def __init__(self, config: TransferConfig, weights: dict[str, tuple[np.ndarray, np.ndarray]], threads: int):
-        import torch
-
-        if config.pooling is not Pooling.MAX:
-            raise ConfigError("the PyTorch reference covers max pooling only: use a max-pooling preset or --no-torch")
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.config = config
-        names = vgg.conv_layer_names(config.convnet)
-        self.deepest = max([config.content_layer, *config.style_layers], key=names.index)
-        self.layers = []
-        for layer in vgg.conv_layers(config.convnet):
-            w, b = weights[layer.name]
-            self.layers.append((layer, torch.from_numpy(np.array(w, np.float32)),
-                                torch.from_numpy(np.array(b, np.float32))))
-            if layer.name == self.deepest:
-                break
-        self.shape: tuple[int, ...] = ()
-
-    def features(self, x):
-        """{layer: (1, C, h, w)} at the content and style layers."""
-        F = self.torch.nn.functional
-        wanted = {self.config.content_layer, *self.config.style_layers}
-        out, block = {}, 1
-        for layer, w, b in self.layers:
-            if layer.block != block:
-                x, block = F.max_pool2d(x, 2), layer.block
-            x = F.relu(F.conv2d(x, w, b, padding=1))
-            if layer.name in wanted:
-                out[layer.name] = x
-        return out
-
-    @staticmethod
-    def gram(f):
-        flat = f.reshape(f.shape[1], -1)
-        return flat @ flat.T
-
-    def set_targets(self, content: np.ndarray, styles: list[np.ndarray]) -> None:
-        """Targets and per-layer weights as ``StyleTransfer.prepare`` derives them."""
-        torch, cfg = self.torch, self.config
-        self.shape = tuple(content.shape)
-        height, width = content.shape[2], content.shape[3]
-        blend = np.asarray(cfg.style_blend or [1.0] * len(styles), np.float64)
-        blend = blend / blend.sum()
-        with torch.no_grad():
-            self.content_target = self.features(torch.from_numpy(np.ascontiguousarray(content, np.float32)))[
-                cfg.content_layer].clone()
-            grams = {layer: 0.0 for layer in cfg.style_layers}
-            for weight, style in zip(blend, styles):
-                feats = self.features(torch.from_numpy(np.ascontiguousarray(style, np.float32)))
-                positions = (width * height) / (style.shape[2] * style.shape[3])
-                for layer in cfg.style_layers:
-                    grams[layer] = grams[layer] + float(weight * positions) * self.gram(feats[layer]).double()
-        self.gram_targets = {layer: g.float() for layer, g in grams.items()}
-        self.coefficients = {}
-        for layer, weight in zip(cfg.style_layers, cfg.style_weights):
-            info = vgg.conv_layer(cfg.convnet, layer)
-            positions = (width // info.downsampling) * (height // info.downsampling)
-            if cfg.style_normalization is StyleNormalization.GATYS:
-                weight *= 1e3 / info.out_channels ** 2
-            self.coefficients[layer] = weight / len(cfg.style_layers) / (4.0 * positions ** 2)
-
-    def terms(self, x):
-        """The weighted terms at x (a (1,3,H,W) tensor): loss, content, style.<layer>, tv."""
-        cfg = self.config
-        feats = self.features(x)
-        terms = {"content": cfg.content_weight * ((feats[cfg.content_layer] - self.content_target) ** 2).sum()}
-        for layer in cfg.style_layers:
-            diff = self.gram(feats[layer]) - self.gram_targets[layer]
-            terms[f"style.{layer}"] = self.coefficients[layer] * (diff ** 2).sum()
-        a = x[:, :, :-1, :-1] - x[:, :, 1:, :-1]
-        c = x[:, :, :-1, :-1] - x[:, :, :-1, 1:]
-        terms["tv"] = cfg.tv_weight * (a ** 2 + c ** 2).sum()
-        total = terms["content"]
-        for name, value in terms.items():
-            if name != "content":
-                total = total + value
-        terms["loss"] = total
-        return terms
-
-    def loss_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        """As ``Problem.loss_and_grad``: x float64 in, (loss, float64 gradient of x's shape) out."""
-        xt = self.torch.from_numpy(np.asarray(x, np.float32).reshape(self.shape)).requires_grad_(True)
-        loss = self.terms(xt)["loss"]
-        loss.backward()
-        return float(loss.detach()), xt.grad.numpy().astype(np.float64).reshape(np.shape(x))
-
-    def evaluate_terms(self, x: np.ndarray) -> dict[str, float]:
-        with self.torch.no_grad():
-            t = self.terms(self.torch.from_numpy(np.asarray(x, np.float32).reshape(self.shape)))
-        return {k: float(v) for k, v in t.items()}
-
-
-def _relative(a: float, b: float) -> float:
-    return abs(a - b) / max(abs(b), 1e-30)
-
-
-def check_torch(problem, reference: TorchLoss, x: np.ndarray) -> dict[str, Any]:
-    """Relative differences of the loss, each term and the gradient (L2) between engine and PyTorch."""
-    engine_terms = problem.terms(x)
-    loss, grad = problem.loss_and_grad(x)
-    torch_loss, torch_grad = reference.loss_and_grad(x)
-    torch_terms = reference.evaluate_terms(x)
-    names = ["content", "tv", *(f"style.{l}" for l in problem.config.style_layers)]
-    return {
-        "engine_loss": loss, "torch_loss": torch_loss,
-        "loss_rel_err": _relative(torch_loss, loss),
-        "terms_rel_err": {n: _relative(torch_terms[n], engine_terms[n]) for n in names},
-        "grad_rel_err": float(np.linalg.norm(torch_grad - grad) / max(np.linalg.norm(grad), 1e-30)),
-    }
 
 
 # ------------------------------------------------------------------ timing helpers
@@ -544,7 +418,7 @@ def outside_ort_share(problem, evaluations: int, blas_threads: int | None = 1) -
     problem's start image, and split its wall time: inside ONNX Runtime's run, the
     evaluator's copies, Problem's conversions, and the optimiser (scipy and Python).
     ``blas_threads`` as :func:`optimize.optimize` takes it."""
-    from .optimize import optimize
+    from engine.run.optimize import optimize
 
     cfg = problem.config
     x0 = problem.initial_image()
@@ -580,8 +454,8 @@ def _child(spec_path: str) -> None:
 
 def _child_onnx(spec: dict) -> dict:
     """Time to first evaluation (fresh sessions) and the peak RSS of ``evals`` evaluations."""
-    from . import transfer
-    from .graph import lossgrad
+    from engine.run import transfer
+    from engine.graph import lossgrad
 
     baseline = current_rss_bytes()
     sessions, graphs = _Clock(), _Clock()
@@ -606,7 +480,7 @@ def _child_onnx(spec: dict) -> dict:
 
 def _child_lbfgs(spec: dict) -> dict:
     """:func:`outside_ort_share` in a fresh process (its BLAS threads as the environment sets them)."""
-    from .transfer import StyleTransfer
+    from engine.run.transfer import StyleTransfer
 
     config = TransferConfig(**spec["config"])
     st = StyleTransfer(config, models_dir=spec["models_dir"], provider=spec["provider"], threads=spec["threads"])
@@ -623,7 +497,7 @@ def _child_torch(spec: dict) -> dict:
     """Peak RSS of PyTorch's loss for ``evals`` evaluations (weights and targets included)."""
     import torch  # noqa: F401  (counted in the baseline, as onnxruntime is in the ONNX child's)
 
-    from .weights import load_weights
+    from engine.models.weights import load_weights
 
     baseline = current_rss_bytes()
     config = TransferConfig(**spec["config"])
@@ -636,7 +510,7 @@ def _child_torch(spec: dict) -> dict:
 
 
 def run_child(spec: dict, env: dict[str, str] | None = None) -> dict:
-    """Run one child measurement (``python -m engine.bench --child``), with ``env`` added to
+    """Run one child measurement (``python -m benchmarks.harness --child``), with ``env`` added to
     the environment; its dict back."""
     with tempfile.TemporaryDirectory(prefix="nst-bench-") as folder:
         spec_path, out = Path(folder) / "spec.json", Path(folder) / "out.json"
@@ -647,7 +521,7 @@ def run_child(spec: dict, env: dict[str, str] | None = None) -> dict:
         spec_path.write_text(json.dumps(spec))
         env = {**os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-        done = subprocess.run([sys.executable, "-m", "engine.bench", "--child", str(spec_path)],
+        done = subprocess.run([sys.executable, "-m", "benchmarks.harness", "--child", str(spec_path)],
                               env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0 or not out.is_file():
             last = (done.stderr.strip().splitlines() or ["no error output"])[-1]
@@ -717,13 +591,13 @@ def _monitored(function: Callable[[], dict]) -> Callable[[], tuple[dict, float |
 
 def run_benchmark(options: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Run the benchmark; the results as a JSON-ready dict (see :func:`markdown` for the keys read)."""
-    from .graph.lossgrad import GRAPH_VERSION
-    from .models import find_model
-    from .presets import preset_config
-    from .transfer import StyleTransfer
-    from .weights import load_weights
+    from engine.graph.lossgrad import GRAPH_VERSION
+    from engine.models.store import find_model
+    from engine.presets import preset_config
+    from engine.run.transfer import StyleTransfer
+    from engine.models.weights import load_weights
 
-    from .runtime import probe_provider
+    from engine.runtime.sessions import probe_provider
 
     emit = progress or (lambda step: None)
     probe_provider(options.provider)  # a provider that cannot start: one clear error before any measuring
@@ -890,176 +764,6 @@ def _memory(config: TransferConfig, sizes: list[dict]) -> dict[str, Any]:
         largest["measured_eval"] = fits(lambda w, h: intercept + slope * w * h)
         largest["measured_run"] = fits(lambda w, h: intercept + slope * w * h + estimate_optimizer_bytes(w, h))
     return out
-
-
-# ------------------------------------------------------------------ rendering
-
-
-
-
-def _used_share(contention: dict | None) -> float | None:
-    """Other processes' CPU share in what a result uses: over its kept calls, else its section's."""
-    if not contention:
-        return None
-    share = contention.get("used_calls_other_cpu_share")
-    return share if share is not None else contention.get("other_cpu_share")
-
-
-def _share(contention: dict | None) -> str:
-    share = _used_share(contention)
-    return "–" if share is None else f"{100 * share:.0f}%"
-
-
-def _mib(value: float | None) -> str:
-    return "–" if value is None else f"{value / MIB:,.0f}"
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """The results as Markdown: machine line, timing and memory tables, then the one-off measurements."""
-    m, s, sg = result["machine"], result["settings"], result["sgemm"]
-    v = m["versions"]
-    torch_used = result["torch"]["used"]
-    lines = [
-        f"# Benchmark {result['date']}: one loss+gradient evaluation",
-        "",
-        f"- machine: {m['cores']} cores of an {m['cpu']}, {m['memory_gib']} GiB; {s['threads']} threads",
-        f"- provider: {result['provider']}; onnxruntime {v.get('onnxruntime')}, numpy {v.get('numpy')}, "
-        f"scipy {v.get('scipy')}" + (f", torch {v['torch']}" if "torch" in v else "") + f", python {v.get('python')}",
-        f"- model: {s['convnet']} `{s['preset']}` layers (content {s['content_layer']}, style "
-        f"{', '.join(s['style_layers'])}), {s['pooling']} pooling; images {s['content']}, {s['style']}",
-        f"- {s['warmup']} warm-up, then median of {s['repeats']} evaluations"
-        + (", interleaved with PyTorch eager autograd in the same process" if torch_used else "")
-        + f"; load average before/after: {result['load_average']['before'][0]:.2f}/{result['load_average']['after'][0]:.2f}",
-        f"- sgemm peak: {sg['gflops']:.0f} GFLOP/s (numpy float32 {sg['n']}x{sg['n']} matmul, best of "
-        f"{sg['repeats']}, {sg['threads']} threads, {sg['blas'].get('name')} {sg['blas'].get('version')}; measured "
-        f"with {', '.join(sg['unset_for_measurement'])} unset; in the environment: "
-        + ", ".join(f"{k}={val if val is not None else 'unset'}" for k, val in sg["environment"].items()) + ")",
-        "",
-        "## Time per evaluation",
-        "",
-    ]
-    header = ["size", "pixels", "engine ms", "engine GFLOP/s", "of sgemm peak"]
-    if torch_used:
-        header += ["PyTorch ms", "PyTorch GFLOP/s", "engine / PyTorch"]
-    header += ["conv GFLOP", "ms per MP", "ready s", "first eval done s", "others' CPU"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for e in result["sizes"]:
-        row = [f"{e['width']}x{e['height']}", f"{e['pixels']:,}", f"{1e3 * e['onnx']['median_s']:.1f}",
-               f"{e['onnx']['gflops']:.0f}", f"{100 * e['onnx']['share_of_sgemm_peak']:.0f}%"]
-        if torch_used:
-            row += [f"{1e3 * e['torch']['median_s']:.1f}", f"{e['torch']['gflops']:.0f}", f"{e['onnx_over_torch']:.2f}"]
-        row += [f"{e['conv_gflop']:.1f}", f"{e['onnx']['ms_per_megapixel']:.0f}", f"{e['prepare_s']:.2f}",
-                f"{e['time_to_first_eval_s']:.2f}", _share(e.get("contention"))]
-        lines.append("| " + " | ".join(row) + " |")
-    sc = result["scaling"]
-    shares = [share for share in map(_used_share, [*(e.get("contention") for e in result["sizes"]),
-                                                     sg.get("contention"), result.get("lbfgs", {}).get("contention")])
-              if share is not None]
-    if shares and max(shares) > CONTENTION_WARNING:
-        lines += ["", f"**Warning:** other processes used up to {100 * max(shares):.0f}% of the machine's CPU time "
-                  "during these measurements; the times are inflated by that much or more. Rerun on a quiet machine."]
-    set_aside = sum(len(e[k]["times_s"]) - e[k]["calls_used"] for e in result["sizes"] for k in ("onnx", "torch")
-                    if k in e and "calls_used" in e[k])
-    if set_aside:
-        lines += ["", f"{set_aside} timed calls during which other processes took over {100 * CALL_CONTENTION:.0f}% "
-                  "of the CPU time were set aside and made again (all kept in the JSON)."]
-    spread = "; ".join(
-        f"{e['width']}x{e['height']} engine {1e3 * e['onnx']['min_s']:.0f}-{1e3 * e['onnx']['max_s']:.0f} ms"
-        + (f", PyTorch {1e3 * e['torch']['min_s']:.0f}-{1e3 * e['torch']['max_s']:.0f} ms" if "torch" in e else "")
-        for e in result["sizes"])
-    lines += ["", f"Spread of the calls used (min-max): {spread}. On a shared virtual machine absolute times move "
-              "between runs" + ("; the ratio of the interleaved timings moves much less." if torch_used else ".")]
-    lines += ["", "GFLOP/s counts the 3x3 convs only: forward and input gradient (no weight gradients). "
-              "'ready': a fresh process's StyleTransfer.prepare (graphs, sessions started, targets computed: the "
-              "time to the first evaluation); 'first eval done': that plus the first evaluation."]
-    notes = []
-    if sc.get("onnx_exponent") is not None:
-        notes.append(f"Scaling: time grows as pixels^{sc['onnx_exponent']:.2f} (engine)"
-                     + (f", pixels^{sc['torch_exponent']:.2f} (PyTorch)" if sc.get("torch_exponent") is not None else "")
-                     + " (log-log fit over the sizes above).")
-    if torch_used:
-        worst = max(max(e["torch_check"]["loss_rel_err"], e["torch_check"]["grad_rel_err"]) for e in result["sizes"])
-        notes.append(f"PyTorch's loss and gradient match the engine's at every size (largest relative "
-                     f"difference {worst:.1e}).")
-    if notes:
-        lines += ["", *notes]
-    lines += ["", "## Memory", "", "| size | engine peak RSS MiB | engine above baseline MiB | estimate MiB | "
-              "estimate / measured" + (" | PyTorch peak RSS MiB | PyTorch above baseline MiB |" if torch_used else " |"),
-              "|---|---|---|---|---|" + ("---|---|" if torch_used else "")]
-    for e in result["sizes"]:
-        r = e["rss"]
-        above = r["onnx_peak"] - r["onnx_baseline"]
-        row = [f"{e['width']}x{e['height']}", _mib(r["onnx_peak"]), _mib(above), _mib(e["estimate_eval_bytes"]),
-               f"{e['estimate_eval_bytes'] / above:.2f}" if above > 0 else "–"]
-        if torch_used:
-            row += [_mib(r.get("torch_peak")), _mib(r["torch_peak"] - r["torch_baseline"]) if "torch_peak" in r else "–"]
-        lines.append("| " + " | ".join(row) + " |")
-    mem = result["memory"]
-    big = mem["largest_square"]
-    lines += ["", f"Peak RSS: each size in a fresh process ({s['rss_evaluations']} evaluations; VmHWM); the baseline "
-              "is its RSS after imports. The estimate counts the tensors alive at an evaluation's peak, as an "
-              "allocator freeing each after its last use would hold them, plus host copies and weights.", ""]
-    room = f"{mem['total_bytes'] / GIB:.1f} GiB less the {_mib(mem['baseline_rss_bytes'])} MiB baseline"
-    if "measured_run" in big:
-        lines.append(f"Largest square working size that fits in {room} (extrapolated, not run): "
-                     f"**{big['measured_run']} px** for a run (a line through the measured peak RSS, "
-                     f"{mem['measured_fit']['bytes_per_pixel']:.0f} bytes per pixel, plus L-BFGS-B's state), "
-                     f"{big['measured_eval']} px for one evaluation; by the tensor estimate "
-                     f"{big['estimate_run']} px for a run, {big['estimate_eval']} px for one evaluation.")
-    else:
-        lines.append(f"Largest square working size that fits in {room} by the tensor estimate (extrapolated, not "
-                     f"run): {big['estimate_run']} px for a run (with L-BFGS-B's state), {big['estimate_eval']} px "
-                     "for one evaluation.")
-    if "lbfgs" in result:
-        lb = result["lbfgs"]
-        lines += ["", "## Time outside ONNX Runtime", "",
-                  f"An L-BFGS-B run (the engine's driver, scipy's BLAS on one thread) of {lb['evaluations']} "
-                  f"evaluations at {lb['size'][0]}x{lb['size'][1]}: {lb['wall_s']:.2f} s wall, {100 * lb['outside_ort_share']:.1f}% "
-                  f"outside ONNX Runtime's run ({lb['outside_ort_ms_per_eval']:.1f} ms per evaluation: "
-                  f"optimiser {lb['optimizer_s']:.3f} s, Problem's conversions {lb['problem_conversions_s']:.3f} s, "
-                  f"evaluator copies {lb['evaluator_copies_s']:.3f} s); ONNX Runtime's run took "
-                  f"{1e3 * lb['ort_run_median_s']:.0f} ms (median) there."]
-        other = lb.get("blas_threads_as_set")
-        if other:
-            lines.append(f"The same with scipy's BLAS threads as set (all cores unless limited): "
-                         f"{100 * other['outside_ort_share']:.1f}% outside ({other['outside_ort_ms_per_eval']:.1f} ms "
-                         f"per evaluation), ONNX Runtime's run {1e3 * other['ort_run_median_s']:.0f} ms (median). "
-                         "Each in a fresh process, after 2 warm-up evaluations.")
-    if "gpu_estimate" in result:
-        g = result["gpu_estimate"]
-        first = g["sizes"][0]
-        lines += ["", f"## GPU: estimate, not measured ({g['gpu']})", "",
-                  f"No CUDA session here. Conv FLOPs at {100 * first['efficiency'][0]:.0f}-"
-                  f"{100 * first['efficiency'][1]:.0f}% of the {g['gpu']}'s dense TF32 peak "
-                  f"({first['tf32_dense_tflops']} TFLOP/s) would take: "
-                  + "; ".join(f"{e['width']}x{e['height']} {e['ms'][0]:.2f}-{e['ms'][1]:.2f} ms" for e in g["sizes"])
-                  + " per evaluation (memory-bound ops and launch overhead not included)."]
-    return "\n".join(lines) + "\n"
-
-
-def result_stem(result: dict[str, Any]) -> str:
-    kind = "cuda" if result.get("provider") == "CUDAExecutionProvider" else "cpu"
-    return f"{result['date']}-{kind}"
-
-
-def write_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<date>-<cpu|cuda>.json`` and ``.md`` atomically; their paths."""
-    out_dir = Path(out_dir)
-    stem = result_stem(result)
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    atomic_write_text(json_path, json.dumps(result, indent=2, default=_json_default) + "\n")
-    atomic_write_text(md_path, markdown(result))
-    return json_path, md_path
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--child":

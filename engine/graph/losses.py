@@ -11,9 +11,9 @@ from functools import lru_cache
 import numpy as np
 import onnxruntime as ort
 
-from .graph.builder import GraphBuilder
-from .graph.terms import content_term, gram, style_term, tv_term
-from .runtime import CPU, session_options
+from .builder import GraphBuilder
+from .terms import content_term, gram, style_term, tv_term
+from ..runtime.sessions import CPU, session_options
 
 _FEATURES = [1, "channels", "height", "width"]
 

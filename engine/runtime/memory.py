@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import vgg
-from .config import Pooling, TransferConfig
-from .errors import MemoryLimitError
+from ..models import vgg
+from ..config import Pooling, TransferConfig
+from ..errors import MemoryLimitError
 
 FLOAT32 = 4
 GIB = 1024 ** 3

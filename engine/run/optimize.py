@@ -16,7 +16,7 @@ import numpy as np
 from scipy.optimize import fmin_l_bfgs_b
 from threadpoolctl import threadpool_limits
 
-from .config import OptimizerMode
+from ..config import OptimizerMode
 
 # on_iteration(iteration (1-based), x, evaluations in that iteration, seconds)
 OnIteration = Callable[[int, np.ndarray, int, float], None]

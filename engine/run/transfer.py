@@ -15,16 +15,17 @@ from typing import Callable, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from . import colors, images, vgg, visuals
-from .config import Init, PreserveColors, Provider, StyleNormalization, TransferConfig
-from .errors import ConfigError
-from .export import INPUT_NAME
-from .files import atomic_write_text
-from .graph import lossgrad
-from .memory import check_memory
-from .models import find_model
+from ..io import colors, images, visuals
+from ..models import vgg
+from ..config import Init, PreserveColors, Provider, StyleNormalization, TransferConfig
+from ..errors import ConfigError
+from ..models.export import INPUT_NAME
+from ..io.files import atomic_write_text
+from ..graph import lossgrad
+from ..runtime.memory import check_memory
+from ..models.store import find_model
 from .optimize import optimize
-from .runtime import LossGradEvaluator, create_session, cuda_options, release_freed_memory, versions
+from ..runtime.sessions import LossGradEvaluator, create_session, cuda_options, release_freed_memory, versions
 
 ImageSource = Union[str, Path, Image.Image]
 Styles = Union[ImageSource, Sequence[ImageSource]]

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from ..errors import ImageError
 from .files import atomic_path
-from .vgg import MEAN_BGR
+from ..models.vgg import MEAN_BGR
 
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
             ".webp": "WEBP", ".bmp": "BMP"}

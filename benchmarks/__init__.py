@@ -1,0 +1,1 @@
+"""The measuring harness behind `nst bench` and its committed results (benchmarks/results)."""

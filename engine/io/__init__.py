@@ -1,0 +1,1 @@
+"""Files in and out: images, colours, visual records, atomic writes."""

@@ -1,0 +1,1 @@
+"""ONNX Runtime: providers, sessions, the loss-gradient evaluator, memory estimates."""
