@@ -250,7 +250,7 @@ def markdown(results: dict, reasons: dict, prefix: str) -> str:
     lines = [
         "The bundled cat photo painted with the bundled paintings, each picture by the one `nst stylize` "
         "command under it: 256 px, 10 iterations of 20 evaluations, starting from the photo. Cheap on "
-        "purpose: `python scripts/gallery.py` remakes the page in minutes. Times are the command's wall "
+        "purpose: `make gallery` remakes the page in minutes. Times are the command's wall "
         f"time, start-up included, on {', '.join(cpus) or 'this machine'}, which other jobs shared while "
         "the gallery was made: the load average sampled during each run stands beside its time (a load "
         "above the core count means the run waited for the CPU and took longer than it would alone).",
