@@ -24,6 +24,7 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -237,7 +238,7 @@ def _cell(entry: Entry, done: dict | None, why_not: str | None, prefix: str) -> 
 
 
 def _rows(cells: list[str], per_row: int = 3) -> list[str]:
-    return ["<tr>" + "".join(cells[i:i + per_row]) + "</tr>" for i in range(0, len(cells), per_row)]
+    return [line for i in range(0, len(cells), per_row) for line in ("<tr>", *cells[i:i + per_row], "</tr>")]
 
 
 def markdown(results: dict, reasons: dict, prefix: str) -> str:
@@ -247,20 +248,18 @@ def markdown(results: dict, reasons: dict, prefix: str) -> str:
         inputs.append((STYLE2, "second style: Girl with a Pearl Earring, Vermeer (public domain)"))
     runs = [r for r in results.values() if r]
     cpus = sorted({f"{r['cores']} cores of {r['cpu']}" for r in runs})
-    lines = [
-        "The bundled cat photo painted with the bundled paintings, each picture by the one `nst stylize` "
-        "command under it: 256 px, 10 iterations of 20 evaluations, starting from the photo. Cheap on "
-        "purpose: `make gallery` remakes the page in minutes. Times are the command's wall "
-        f"time, start-up included, on {', '.join(cpus) or 'this machine'}, which other jobs shared while "
-        "the gallery was made: the load average sampled during each run stands beside its time (a load "
-        "above the core count means the run waited for the CPU and took longer than it would alone).",
-        "",
-        "<table><tr>" + "".join(f"<td>{_img(Path(p), prefix, text)}<br>{_html(text)}</td>"
-                                  for p, text in inputs) + "</tr></table>",
-    ]
+    lines = ["<table><tr>", *(f"<td>{_img(Path(p), prefix, text)}<br>{_html(text)}</td>" for p, text in inputs),
+             "</tr></table>"]
     for section, heading in (("seed", "The seed's four parameter sets"), ("beyond", "Beyond the seed")):
         cells = [_cell(e, results.get(e.name), reasons.get(e.name), prefix) for e in ENTRIES if e.section == section]
         lines += ["", f"**{heading}**", "", "<table>", *_rows(cells), "</table>"]
+    lines += ["", *textwrap.wrap(
+        "Each picture is the bundled cat photo painted by the one `nst stylize` command under it (open "
+        "*command*): 256 px, 10 iterations of 20 evaluations, starting from the photo; cheap on purpose, "
+        "so `make gallery` remakes the page in minutes. Times are the command's wall time, start-up "
+        f"included, on {', '.join(cpus) or 'this machine'}, which other jobs shared while the gallery was "
+        "made: the load average sampled during each run stands beside its time (a load above the core "
+        "count means the run waited for the CPU and took longer than it would alone).", 100)]
     return "\n".join(lines) + "\n"
 
 
