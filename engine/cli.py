@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -285,6 +287,122 @@ def bench(
     json_path, md_path = write_results(result, out_dir)
     typer.echo(markdown(result))
     typer.echo(f"written {json_path} and {md_path}", err=True)
+
+
+def _option(help: str, panel: str, *names: str):
+    """An option of serve or submit: its default is said in words in ``help``."""
+    return typer.Option(*names, help=help, rich_help_panel=panel, show_default=False)
+
+
+@app.command()
+@user_errors
+def serve(
+    host: Annotated[str, _option("Address to listen on (default: 127.0.0.1); any other needs a token.",
+                                 "Runtime")] = "127.0.0.1",
+    port: Annotated[int, _option("Port to listen on (default: 8080).", "Runtime")] = 8080,
+    data_dir: Annotated[Optional[Path], _option(
+        "Folder of the jobs, kept across restarts (default: ~/.local/share/nst/serve).", "Output and records")] = None,
+    token: Annotated[Optional[str], _option(
+        "Secret every request must carry (default: $NST_TOKEN, else none, allowed only on loopback).",
+        "Runtime")] = None,
+    max_upload_mb: Annotated[float, _option("Largest uploaded image file in MB (default: 20).", "Runtime")] = 20.0,
+    max_pixels: Annotated[int, _option(
+        "Largest uploaded image or output in pixels (default: 25000000).", "Runtime")] = 25_000_000,
+    workers: Annotated[int, _option("Jobs run at once, each on its own engine (default: 1).", "Runtime")] = 1,
+    provider: Annotated[Provider, _option("Execution provider (default: auto).", "Runtime")] = Provider.AUTO,
+    threads: Annotated[Optional[int], _option(
+        "CPU threads for ONNX Runtime per job (default: all cores).", "Runtime")] = None,
+    models_dir: ModelsDir = None,
+):
+    """Serve the web page and the HTTP job API (needs the package's serve extra)."""
+    try:
+        from .serve.app import run_server
+    except ImportError as exc:
+        raise ConfigError(f"nst serve needs the serve extra ({exc.name} is missing): "
+                          "pip install -e '.[serve]'") from None
+    from .serve.settings import ServeSettings
+
+    settings = ServeSettings(host=host, port=port, data_dir=data_dir, token=token, max_upload_mb=max_upload_mb,
+                             max_pixels=max_pixels, workers=workers, models_dir=models_dir, provider=provider,
+                             threads=threads)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"serving http://{shown}:{port}/ (jobs in {settings.data_dir}); Ctrl-C stops", err=True)
+    run_server(settings)
+
+
+@app.command()
+@user_errors
+def submit(
+    content: Annotated[Path, typer.Argument(help="Content image (the photo).")],
+    style: Annotated[str, typer.Argument(help="Style image(s), comma-separated to blend several.")],
+    server: Annotated[str, _option("The server's URL, e.g. http://127.0.0.1:8080/ (required).", "Runtime")] = ...,
+    output: Annotated[Path, _option("Where the result PNG goes (default: result.png).", "Output and records",
+                                    "--output", "-o")] = Path("result.png"),
+    preset: Annotated[Optional[str], _option(f"One of {', '.join(PRESETS)} (default: none).",
+                                             "Seed parameters")] = None,
+    size: Annotated[Optional[int], _option("Longest edge in px (default: 512).", "Seed parameters")] = None,
+    iterations: Annotated[Optional[int], _option("Iterations (default: 50, or the preset's).",
+                                                 "Seed parameters")] = None,
+    maxfun: Annotated[Optional[int], _option("Evaluations per iteration (default: 20).", "Seed parameters")] = None,
+    content_weight: Annotated[Optional[float], _option("Content weight (default: the seed's, or the preset's).",
+                                                       "Seed parameters")] = None,
+    tv_weight: Annotated[Optional[float], _option("Total-variation weight (default: the seed's, or the preset's).",
+                                                  "Seed parameters")] = None,
+    style_blend: Annotated[Optional[str], _option(
+        "Comma-separated weights, one per style image (default: equal).", "Beyond the seed")] = None,
+    param: Annotated[Optional[list[str]], _option(
+        "Any other stylize setting as NAME=JSON, e.g. seed=3 or tol=0.001; repeatable (default: none).",
+        "Beyond the seed")] = None,
+    token: Annotated[Optional[str], _option("The server's token (default: $NST_TOKEN).", "Runtime")] = None,
+):
+    """Send a job to an nst server, show its progress, download the result."""
+    from .io.images import check_writable
+    from .serve.client import Client, submit_and_wait
+
+    if output.suffix.lower() != ".png":
+        raise ConfigError(f"{output}: the server sends a PNG: give an output ending in .png")
+    check_writable(output)
+    params = {k: v for k, v in dict(preset=preset, size=size, iterations=iterations, maxfun=maxfun,
+                                    content_weight=content_weight, tv_weight=tv_weight,
+                                    style_blend=_csv(style_blend, float, "--style-blend")).items() if v is not None}
+    for item in param or []:
+        params.update(_json_param(item))
+    client = Client(server, token or os.environ.get("NST_TOKEN"))
+    started = time.perf_counter()
+    try:
+        last = submit_and_wait(client, content, [Path(p) for p in _csv(style)], params, output, _show_server_event)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: the job was cancelled on the server", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(130) from None
+    if last.event != "finished":
+        typer.secho(f"job {last.data.get('job')} {last.event}: no result", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(1)
+    typer.echo(f"done in {time.perf_counter() - started:.1f} s", err=True)
+    typer.echo(str(output))
+
+
+def _json_param(item: str) -> dict:
+    name, sep, value = item.partition("=")
+    try:
+        if sep:
+            return {name.strip(): json.loads(value)}
+    except ValueError:
+        pass
+    raise ConfigError(f"--param {item!r} is not NAME=JSON: e.g. --param seed=3 or --param 'init=\"content\"'")
+
+
+def _show_server_event(event) -> None:
+    data = event.data
+    if event.event == "queued":
+        typer.echo(f"job {data['job']}: queued at position {data.get('position')}", err=True)
+    elif event.event == "prepared":
+        typer.echo(f"{data['width']}x{data['height']} px on {data['provider']}, ready in {data['seconds']:.1f} s",
+                   err=True)
+    elif event.event == "iteration":
+        typer.echo(f"iteration {data['iteration']}/{data['iterations']}: loss {data['loss']:.3e}, "
+                   f"{data['seconds']:.1f} s", err=True)
+    elif event.event in ("cancelled", "interrupted"):
+        typer.echo(f"job {data['job']} {event.event}", err=True)
 
 
 def main() -> None:
