@@ -19,7 +19,9 @@ from .models.export import export_model, model_metadata, read_feature_model
 from .models.store import search_dirs
 from .presets import PRESETS, preset_config
 from .runtime.sessions import probe_provider, versions
-from .run.transfer import Evaluated, IterationDone, Prepared, StyleTransfer, record_path
+from .run.events import Evaluated, IterationDone, Prepared
+from .run.records import record_path
+from .run.transfer import StyleTransfer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Neural style transfer (Gatys et al.) on ONNX Runtime.")
