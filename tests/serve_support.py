@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONTENT = ROOT / "examples" / "content.jpg"
 STYLE = ROOT / "examples" / "style.jpg"
 # A job that takes well under a second per iteration on 2 cores.
-TINY = {"size": 64, "iterations": 2, "maxfun": 3, "init": "content"}
+TINY = {"size": 64, "iterations": 2, "maxfun": 2, "init": "content"}
 # One that runs long enough to be cancelled while running.
-LONG = {"size": 64, "iterations": 200, "maxfun": 20, "init": "content"}
+LONG = {"size": 64, "iterations": 500, "maxfun": 4, "init": "content"}
 
 
 class LiveServer:

@@ -207,3 +207,51 @@ def test_healthz_and_openapi(server):
     schema = server.http.get("openapi.json").json()
     assert {"/api/jobs", "/api/jobs/{job_id}/events", "/api/jobs/{job_id}/cancel", "/api/jobs/{job_id}/resume",
             "/healthz"} <= set(schema["paths"])
+
+
+class CancelAfterFirstIteration(EngineRunner):
+    """A real engine whose first run is cancelled as its first iteration ends (no race with the clock)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.runs = 0
+
+    def run(self, config, content, styles, output, callback, cancel, resume):
+        self.runs += 1
+
+        def wrapped(event):
+            callback(event)
+            if self.runs == 1 and getattr(event, "iteration", 0) == 1:
+                cancel.set()
+
+        return super().run(config, content, styles, output, wrapped, cancel, resume)
+
+
+def test_a_resumed_job_continues_from_its_last_finished_iteration(tmp_path, models_dir):
+    board = JobBoard(tmp_path, lambda: CancelAfterFirstIteration(models_dir, "cpu", 2))
+    board.start()
+    try:
+        params = {**TINY, "iterations": 3}
+        from engine.serve.params import job_config
+        images = [Image.open(CONTENT).convert("RGB"), Image.open(STYLE).convert("RGB")]
+        job, _ = board.submit(params, job_config(params, 1, images[0].size, 10**6), images[0], images[1:])
+        _wait(board, job.id, "cancelled")
+        assert board.summary(job.id)["snapshots"] == [1]
+        board.resume(job.id)
+        _wait(board, job.id, "finished")
+        started = [e["data"] for e in job.events if e["event"] == "started"]
+        assert [s["resumed_from"] for s in started] == [None, 1]
+        iterations = [e["data"]["iteration"] for e in job.events if e["event"] == "iteration"]
+        assert iterations == [1, 2, 3]  # iteration 1 was not run twice
+        assert board.summary(job.id)["snapshots"] == [1, 2, 3]
+        record = json.loads((job.folder / "output" / "result.json").read_text())
+        assert record["status"] == "finished" and len(record["iterations"]) == 3
+    finally:
+        board.stop()
+
+
+def _wait(board, job_id, status, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while board.summary(job_id)["status"] != status:
+        assert time.monotonic() < deadline, board.summary(job_id)
+        time.sleep(0.05)

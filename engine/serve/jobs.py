@@ -25,7 +25,9 @@ from PIL import Image
 from ..config import Provider, TransferConfig
 from ..errors import EngineError
 from ..io.files import atomic_write_text
-from ..run.transfer import Evaluated, IterationDone, Prepared, StyleTransfer, snapshot_path
+from ..run.engine import Engine
+from ..run.events import Evaluated, IterationDone, Prepared
+from ..run.records import checkpoint_path, snapshot_path
 
 QUEUED, RUNNING, FINISHED, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "finished", "failed", "cancelled", "interrupted")
@@ -34,6 +36,7 @@ RESUMABLE = (INTERRUPTED, CANCELLED, FAILED)
 ID_PATTERN = re.compile(r"[0-9]{8}t[0-9]{6}-[0-9a-f]{8}")
 INPUT_PATTERN = re.compile(r"content|style-[1-9][0-9]?")
 RESULT = "result.png"
+SNAPSHOT_PATTERN = re.compile(r"result_at_iteration_([0-9]+)\.png")
 
 
 class JobError(EngineError):
@@ -87,41 +90,16 @@ class Job:
 
 
 class EngineRunner:
-    """One worker's engine: runs a job's config and reports how it ended (finished or cancelled).
-
-    ``cancel`` is checked at every evaluation; a cancelled run keeps its snapshots and its
-    record (marked cancelled). Failures raise the engine's errors.
-    """
+    """One worker's long-lived engine (models, graphs and sessions stay warm between jobs)."""
 
     def __init__(self, models_dir: Path | None, provider: Provider, threads: int | None):
-        self.models_dir, self.provider, self.threads = models_dir, provider, threads
+        self.engine = Engine(models_dir=models_dir, provider=provider, threads=threads)
 
     def run(self, config: TransferConfig, content: Path, styles: list[Path], output: Path,
-            callback: Callable, cancel: threading.Event) -> str:
-        def guarded(event) -> None:
-            if cancel.is_set():
-                raise _Stopped
-            callback(event)
-
-        transfer = StyleTransfer(config, models_dir=self.models_dir, provider=self.provider, threads=self.threads)
-        try:
-            transfer.run(content, styles, output, callback=guarded)
-        except _Stopped:
-            _mark_record(output.with_suffix(".json"), CANCELLED)
-            return CANCELLED
-        return FINISHED
-
-
-class _Stopped(KeyboardInterrupt):
-    # A KeyboardInterrupt, so that StyleTransfer.run writes its record as stopped, not finished.
-    pass
-
-
-def _mark_record(record: Path, status: str) -> None:
-    if record.is_file():
-        data = json.loads(record.read_text())
-        data["status"] = status
-        atomic_write_text(record, json.dumps(data, indent=2) + "\n")
+            callback: Callable, cancel: threading.Event, resume: bool) -> str:
+        """Run (or continue, with ``resume``) one job; its status: finished or cancelled. Failures raise."""
+        return self.engine.run(config, content, styles, output, callback=callback, cancel=cancel,
+                               resume=resume).status
 
 
 class JobBoard:
@@ -249,8 +227,8 @@ class JobBoard:
             return job.summary(self.position(job_id))
 
     def resume(self, job_id: str) -> dict[str, Any]:
-        """Queue an interrupted, cancelled or failed job again. It starts from the beginning: the
-        engine has no checkpoint to continue from yet, and its old snapshots are replaced."""
+        """Queue an interrupted, cancelled or failed job again: it continues from its last finished
+        iteration (the engine's checkpoint), or starts from the beginning when it has none."""
         job = self.get(job_id)
         with self._lock:
             if job.status not in RESUMABLE:
@@ -304,24 +282,27 @@ class JobBoard:
                 if self._stopping:
                     return
                 job = self._jobs[self._queue.pop(0)]
+                resume = checkpoint_path(job.folder / "output" / RESULT).is_file()
                 job.status, job.started = RUNNING, time.time()
-                job.iteration = job.evaluation = 0
-                job.snapshots, job.loss = [], None
+                job.evaluation = 0
+                job.snapshots = _snapshots(job.folder / "output") if resume else []
+                job.iteration = max(job.snapshots, default=0) if resume else 0
                 self._save(job)
-                self._emit(job, "started", {})
+                self._emit(job, "started", {"resumed_from": job.iteration if resume else None})
                 for other in self._queue:
                     self._emit(self._jobs[other], "queued", {"position": self._queue.index(other)})
-            self._run(runner, job)
+            self._run(runner, job, resume)
 
-    def _run(self, runner: EngineRunner, job: Job) -> None:
+    def _run(self, runner: EngineRunner, job: Job, resume: bool) -> None:
         output = job.folder / "output"
-        shutil.rmtree(output, ignore_errors=True)  # a job run again starts from the beginning
-        output.mkdir()
+        if not resume:  # a job without a checkpoint starts from the beginning
+            shutil.rmtree(output, ignore_errors=True)
+        output.mkdir(exist_ok=True)
         inputs = job.folder / "inputs"
         styles = [inputs / f"style-{k}.png" for k in range(1, job.styles + 1)]
         try:
             ended = runner.run(TransferConfig(**job.config), inputs / "content.png", styles, output / RESULT,
-                               lambda event: self._on_event(job, event), job.cancel)
+                               lambda event: self._on_event(job, event), job.cancel, resume)
         except EngineError as exc:
             job.error = str(exc)
             ended = FAILED
@@ -368,6 +349,11 @@ class JobBoard:
 
     def _save(self, job: Job) -> None:
         atomic_write_text(job.folder / "job.json", json.dumps(job.state(), indent=2) + "\n")
+
+
+def _snapshots(output: Path) -> list[int]:
+    found = (SNAPSHOT_PATTERN.fullmatch(p.name) for p in output.iterdir()) if output.is_dir() else ()
+    return sorted(int(m.group(1)) for m in found if m)
 
 
 def _total_iterations(config: TransferConfig) -> int:

@@ -34,7 +34,7 @@ class ServeSettings:
     """host/port: where to listen (loopback unless a token is set); token: the shared secret every
     request must carry (None: $NST_TOKEN, else none, allowed only on loopback); data_dir: the jobs'
     folders; max_upload_mb: largest uploaded file; max_pixels: largest decoded image and output;
-    workers: jobs run at once; models_dir, provider, threads: as for ``StyleTransfer``."""
+    workers: jobs run at once; models_dir, provider, threads: as for ``Engine``."""
 
     host: str = "127.0.0.1"
     port: int = 8080
