@@ -342,7 +342,8 @@ class JobBoard:
         self._emit(job, status, data)
 
     def _emit(self, job: Job, kind: str, data: dict[str, Any]) -> None:
-        event = {"id": len(job.events) + 1, "event": kind, "data": {"job": job.id, "status": job.status, **data}}
+        event = {"id": len(job.events) + 1, "event": kind,
+                 "data": {"job": job.id, "status": job.status, "time": time.time(), **data}}
         job.events.append(event)
         with open(job.folder / "events.jsonl", "a", encoding="utf-8") as log:
             log.write(json.dumps(event) + "\n")

@@ -50,8 +50,10 @@ def decode_upload(data: bytes, field: str, max_bytes: int, max_pixels: int) -> I
     except UnidentifiedImageError:
         raise UploadRefused(f"{field}: not an image the server reads: send a PNG, JPEG, WebP, GIF, BMP or TIFF "
                             "(SVG and other vector or document formats are refused)", 415) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UploadRefused(f"{field}: {exc} (limit --max-pixels {max_pixels})", 413) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard fires while opening, before the size could be read here.
+        raise UploadRefused(f"{field}: the image claims more than {Image.MAX_IMAGE_PIXELS} pixels, over the "
+                            f"server's limit of {max_pixels} pixels (--max-pixels): send a smaller image", 413) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UploadRefused(f"{field}: truncated or corrupt image data ({str(exc).splitlines()[0]}): "
                             "save or export it again", 400) from None
