@@ -35,7 +35,7 @@ from .uploads import UploadRefused, decode_upload
 
 COOKIE = "nst_token"
 MAX_STYLES = 8
-PUBLIC = {("GET", "/"), ("GET", "/healthz"), ("POST", "/api/login"), ("GET", "/favicon.ico")}
+PUBLIC = {("GET", "/"), ("GET", "/healthz"), ("POST", "/api/login")}
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",

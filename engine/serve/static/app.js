@@ -9,7 +9,7 @@ const state = { options: null, content: null, styles: [], job: null, source: nul
 
 async function api(path, init = {}) {
   const reply = await fetch(path, { credentials: "same-origin", ...init });
-  if (reply.status === 401) { showLogin(); throw new Error("log in first"); }
+  if (reply.status === 401 && path !== "api/login") { showLogin(); throw new Error("log in first"); }
   const body = reply.headers.get("content-type")?.includes("json") ? await reply.json() : null;
   if (!reply.ok) throw new Error(body?.detail || `${reply.status} ${reply.statusText}`);
   return body;
@@ -231,9 +231,11 @@ function card(job) {
   if (!["queued", "running"].includes(job.status)) button("Delete", () => remove(job.id));
   const when = new Date(job.created * 1000).toLocaleString();
   const iterations = `${job.iteration}/${job.iterations} iterations`;
-  return el("div", { className: "card", dataset: { id: job.id } }, img,
-            el("span", { className: `status-${job.status}`, textContent: `${job.status} · ${iterations}` }),
-            el("span", { className: "muted", textContent: when }), buttons);
+  const node = el("div", { className: "card" }, img,
+                  el("span", { className: `status-${job.status}`, textContent: `${job.status} · ${iterations}` }),
+                  el("span", { className: "muted", textContent: when }), buttons);
+  node.dataset.id = job.id;
+  return node;
 }
 
 async function runAgain(job) {
