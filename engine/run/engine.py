@@ -223,8 +223,8 @@ class Engine:
         no output written; snapshots and checkpoint kept). ``resume``: continue the run
         whose checkpoint is beside ``output`` (same config, same input files) from its
         last finished iteration, to the same iteration count as a run never stopped.
-        The record is written once the run started (its first ``Prepared`` event, or a
-        resumed checkpoint). Errors raise an EngineError (record ``failed`` with the message; a non-finite
+        The record is written once the run started (its first ``Prepared`` event).
+        Errors raise an EngineError (record ``failed`` with the message; a non-finite
         loss keeps the last finite image as the output); KeyboardInterrupt (Ctrl-C,
         SIGTERM through engine.run.signals) is recorded ``interrupted`` and raised again.
         Everything the caller can get wrong is refused before any work.
@@ -328,7 +328,7 @@ class _Run:
         finally:
             self.result.seconds = time.perf_counter() - self.started
             self.result.status = status.value
-            if self.output is not None and (self.problems or self.state):  # it started: a record says how it ended
+            if self.output is not None and self.problems:  # it started: a record says how it ended
                 self._end(status, error, failing)
         return self.result
 
