@@ -39,12 +39,16 @@ def exit_status() -> int:
 def main(entry: Callable[[], Callable[[], None]]) -> None:
     """Install the handlers, then import (``entry()`` returns the command) and run the command.
 
-    A KeyboardInterrupt that escapes the command exits with ``exit_status()`` and no traceback.
+    A KeyboardInterrupt that escapes the command exits with ``exit_status()`` and no traceback,
+    and so does any error after a signal: an interrupt inside an extension's import comes out
+    as an ImportError (onnxruntime's "import numpy failed").
     """
     install()
     try:
         entry()()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Exception):
+        if not _received and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            raise
         sys.stderr.flush()
         sys.exit(exit_status())
 
