@@ -250,13 +250,15 @@ class Engine:
         if self.provider is not Provider.CUDA:  # host memory; a GPU's is not known before its session
             check_memory(cfg, *sizes_for(cfg, content_image.size, sizes[-1])[1])
         if output is not None:
-            check_not_inputs(_run_files(output, sum(per_scale)), _inputs(cfg, content, sources))
+            files = _run_files(output, sum(per_scale))
+            check_not_inputs(files, _inputs(cfg, content, sources))
         graphs = self.graphs(cfg)
         plan = _Plan(cfg, content_image, style_images, sizes, per_scale, output)
-        with OutputLock(output) if output is not None else nullcontext():
+        with OutputLock(output) if output is not None else nullcontext() as lock:
             state = None
             fingerprint = None
             if output is not None:
+                lock.remove_stale_temp_files({path.name for path in files.values()})
                 weights = graphs.model_metadata.get("weights_sha256")
                 fingerprint = checkpoints.fingerprint(cfg, content, sources, weights)
                 if resume:
