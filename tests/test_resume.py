@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import engine.run.engine as run_engine
 from engine import Engine, IterationDone, RunError
 from engine.cli import app
-from features_support import CONTENT, STYLE, tiny_config
+from features_support import CONTENT, SHALLOW, STYLE, tiny_config
 
 from conftest import error_line
 
@@ -34,25 +34,28 @@ def cancel_after(iteration: int):
     return cancel, callback
 
 
-def stopped_then_resumed(eng, config, folder: Path, after: int):
-    cancel, callback = cancel_after(after)
-    first = eng.run(config, CONTENT, STYLE, folder / "cat.png", callback=callback, cancel=cancel)
-    assert first.status == "cancelled" and first.checkpoint == folder / "cat_checkpoint.npz"
-    assert json.loads((folder / "cat.json").read_text())["checkpoint"] == str(first.checkpoint)
+def stopped_then_resumed(eng, config, folder: Path, *stops: int):
+    """Run, cancelled after each of ``stops`` (iteration numbers) and resumed; the last part's result."""
+    for n, after in enumerate(stops):
+        cancel, callback = cancel_after(after)
+        part = eng.run(config, CONTENT, STYLE, folder / "cat.png", callback=callback, cancel=cancel, resume=n > 0)
+        assert part.status == "cancelled" and part.checkpoint == folder / "cat_checkpoint.npz"
+        assert json.loads((folder / "cat.json").read_text())["checkpoint"] == str(part.checkpoint)
     return eng.run(config, CONTENT, STYLE, folder / "cat.png", resume=True)
 
 
-@pytest.mark.parametrize("changes, after", [
-    (dict(iterations=4, maxfun=3, save_every=1), 2),
-    (dict(size=64, scales=2, scale_iterations=(2, 2), maxfun=3), 2),   # stopped at the end of the first scale
-    (dict(size=64, scales=2, scale_iterations=(2, 2), maxfun=3), 3),   # stopped inside the second
-], ids=["one-scale", "between-scales", "inside-second-scale"])
-def test_a_resumed_run_ends_as_the_uninterrupted_one(eng, tmp_path, changes, after):
+@pytest.mark.parametrize("changes, stops", [
+    (dict(iterations=3, maxfun=3), (2,)),
+    # Stopped at the end of the first scale, then inside the second.
+    (dict(SHALLOW, size=48, scales=2, scale_iterations=(2, 2), maxfun=3), (2, 3)),
+], ids=["one-scale", "two-scales"])
+def test_a_resumed_run_ends_as_the_uninterrupted_one(eng, tmp_path, changes, stops):
     # The seed's mode restarts L-BFGS-B every iteration: with the checkpoint's pixels (float64) and the
     # loss scale L-BFGS-B saw, the rest of the run is the same computation.
     config = tiny_config(**changes)
     whole = eng.run(config, CONTENT, STYLE, tmp_path / "whole" / "cat.png")
-    resumed = stopped_then_resumed(eng, config, tmp_path, after)
+    resumed = stopped_then_resumed(eng, config, tmp_path, *stops)
+    after = stops[-1]
     assert resumed.status == "finished" and resumed.checkpoint is None
     np.testing.assert_array_equal(resumed.image, whole.image)
     assert [it.iteration for it in resumed.iterations] == [it.iteration for it in whole.iterations]
@@ -79,14 +82,22 @@ def test_resuming_a_finished_run_is_refused(eng, tmp_path):
         eng.run(tiny_config(), CONTENT, STYLE, tmp_path / "cat.png", resume=True)
 
 
-@pytest.fixture
-def stopped(eng, tmp_path) -> Path:
-    """A folder with a run cancelled after its first iteration (copies of the inputs beside it)."""
-    shutil.copyfile(CONTENT, tmp_path / "content.jpg")
+@pytest.fixture(scope="module")
+def stopped_once(eng, tmp_path_factory) -> Path:
+    """A folder with a run cancelled after its first iteration (a copy of the content beside it)."""
+    folder = tmp_path_factory.mktemp("stopped")
+    shutil.copyfile(CONTENT, folder / "content.jpg")
     cancel, callback = cancel_after(1)
-    eng.run(tiny_config(iterations=3), tmp_path / "content.jpg", STYLE, tmp_path / "out" / "cat.png",
+    eng.run(tiny_config(iterations=3), folder / "content.jpg", STYLE, folder / "out" / "cat.png",
             callback=callback, cancel=cancel)
-    return tmp_path
+    return folder
+
+
+@pytest.fixture
+def stopped(stopped_once, tmp_path) -> Path:
+    """A copy of ``stopped_once`` for one test to change."""
+    shutil.copytree(stopped_once, tmp_path / "copy")
+    return tmp_path / "copy"
 
 
 def contents(folder: Path) -> dict[str, bytes]:
