@@ -319,6 +319,7 @@ class _Run:
             status = RunStatus.INTERRUPTED
             raise
         except NonFiniteError as exc:
+            error = str(exc)
             error = self._keep_last_finite(exc)
             raise NonFiniteError(error) from None
         except EngineError as exc:
@@ -367,16 +368,21 @@ class _Run:
             if done < iterations:
                 x = self._optimise(problem, x, index, done, iterations)
             self._save_checkpoint(problem, x, index, iterations, complete=True)
-        last = self.problems[-1]
-        self.result.image = last.to_image(x)
+        self._write_output(self.problems[-1], x)
         if self.output is not None:
-            if cfg.bit_depth == 16:
-                visuals.save_image16(last.to_rgb(x), self.output)
-            else:
-                images.save_image(self.result.image, self.output)
-            self.files.append(self.output)
-            self.result.output = self.output
             self._visual_records()
+
+    def _write_output(self, problem: Problem, x: np.ndarray) -> None:
+        """The result's image from x, and the output file when there is one."""
+        self.result.image = problem.to_image(x)
+        if self.output is None:
+            return
+        if self.cfg.bit_depth == 16:
+            visuals.save_image16(problem.to_rgb(x), self.output)
+        else:
+            images.save_image(self.result.image, self.output)
+        self.files.append(self.output)
+        self.result.output = self.output
 
     def _optimise(self, problem: Problem, x: np.ndarray, index: int, done: int, iterations: int) -> np.ndarray:
         cfg, output = self.cfg, self.output
@@ -421,14 +427,9 @@ class _Run:
                    "(NaN or infinity), the run stopped")
         problem = self.problems[-1] if self.problems else None
         if problem is None or problem.last_finite is None:
-            return message + "; no finite image to keep: try smaller weights, --clip-pixels or another --init"
-        self.result.image = problem.to_image(problem.last_finite)
-        if self.output is None:
-            return message + "; the result holds the last finite image"
-        images.save_image(self.result.image, self.output)
-        self.files.append(self.output)
-        self.result.output = self.output
-        return message + f"; the last finite image is {self.output}"
+            return message + ": try smaller weights, --clip-pixels or another --init"
+        self._write_output(problem, problem.last_finite)
+        return message + (f"; the last finite image is {self.output}" if self.output else "")
 
     def _visual_records(self) -> None:
         cfg, output, its = self.cfg, self.output, self.result.iterations
