@@ -20,6 +20,7 @@ from .models.store import search_dirs
 from .presets import PRESETS, preset_config
 from .runtime.sessions import probe_provider, versions
 from .run.events import Evaluated, IterationDone, Prepared
+from .run import signals
 from .run.records import record_path
 from .run.transfer import StyleTransfer
 
@@ -39,6 +40,8 @@ def user_errors(command):
         except EngineError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (engine.run.signals): its exit status, no traceback
+            raise typer.Exit(signals.exit_status()) from None
     return wrapper
 
 
@@ -147,6 +150,9 @@ def stylize(
     save_every: Annotated[Optional[int], typer.Option(
         help=f"Snapshot every N iterations, 0 for none. {_default('save_every')}")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result's path.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the stopped run on this output from its checkpoint, with the same arguments "
+        "(default: off, start over).", rich_help_panel="Output and records")] = False,
     models_dir: ModelsDir = None,
 ):
     """Paint CONTENT in the style of STYLE (Gatys et al.), as the seed's style_transfer does."""
@@ -168,13 +174,14 @@ def stylize(
     transfer = StyleTransfer(config, models_dir=models_dir, provider=provider, threads=threads,
                              tf32=tf32, cuda_graph=cuda_graph)
     try:
-        result = transfer.run(content, styles, output, callback=progress)
+        result = transfer.run(content, styles, output, callback=progress, resume=resume)
     except KeyboardInterrupt:
         progress.close()
         last = progress.last_snapshot
-        typer.secho(f"interrupted: {'last snapshot ' + str(last) + ', ' if last else ''}"
-                    f"record {record_path(output)}", err=True, fg=typer.colors.YELLOW)
-        raise typer.Exit(130) from None
+        record = f"record {record_path(output)}, --resume continues" if progress.prepared else "nothing written"
+        typer.secho(f"interrupted: {'last snapshot ' + str(last) + ', ' if last else ''}{record}",
+                    err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(signals.exit_status()) from None
     progress.close()
     if not quiet:
         typer.echo(f"done in {result.seconds:.1f} s on {result.provider}; record {result.record}", err=True)
@@ -188,11 +195,13 @@ class Progress:
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self.last_snapshot: Path | None = None
+        self.prepared = False  # a run that got this far writes its record however it ends
         self.started = time.perf_counter()
 
     def __call__(self, event) -> None:
         if isinstance(event, IterationDone) and event.snapshot:
             self.last_snapshot = event.snapshot
+        self.prepared = self.prepared or isinstance(event, Prepared)
         if self.quiet:
             return
         if isinstance(event, Prepared):
