@@ -12,6 +12,7 @@ import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
 from engine.serve.app import create_app  # noqa: E402
+from engine.serve.jobs import EngineRunner, JobBoard  # noqa: E402
 from engine.serve.settings import ServeSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,12 +24,27 @@ TINY = {"size": 64, "iterations": 2, "maxfun": 2, "init": "content"}
 LONG = {"size": 64, "iterations": 500, "maxfun": 4, "init": "content"}
 
 
+_RUNNERS: dict[Path, EngineRunner] = {}
+
+
+def shared_runner(models_dir: Path) -> EngineRunner:
+    """One warm engine for every test server (an Engine may run jobs from several threads):
+    only the first job of the session pays for opening its sessions."""
+    if models_dir not in _RUNNERS:
+        _RUNNERS[models_dir] = EngineRunner(models_dir, "cpu", 2)
+    return _RUNNERS[models_dir]
+
+
+def board_for(settings: ServeSettings) -> JobBoard:
+    return JobBoard(settings.data_dir, lambda: shared_runner(settings.models_dir), settings.workers)
+
+
 class LiveServer:
     """``create_app(settings)`` served by uvicorn on 127.0.0.1 and a free port."""
 
     def __init__(self, settings: ServeSettings):
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = create_app(settings, board_for(settings))
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

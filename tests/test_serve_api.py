@@ -8,9 +8,10 @@ import time
 import pytest
 from PIL import Image
 
-from serve_support import CONTENT, LONG, STYLE, TINY, LiveServer, serve_settings
+from serve_support import CONTENT, LONG, STYLE, TINY, LiveServer, serve_settings, shared_runner
 
-from engine.serve.jobs import JobBoard, EngineRunner
+from engine.serve.jobs import JobBoard
+from engine.serve.params import job_config
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +123,11 @@ def test_cancel_takes_a_queued_job_off_the_queue_and_stops_a_running_one(server)
 
 
 def test_delete_removes_an_ended_job_and_refuses_an_active_one(server):
-    job_id = server.submit(TINY).json()["id"]
+    job_id = server.submit(LONG).json()["id"]
     busy = server.http.delete(f"api/jobs/{job_id}")
-    if busy.status_code == 409:  # still queued or running
-        assert "cancel it" in busy.json()["detail"]
-    server.wait(job_id, ("finished",))
+    assert busy.status_code == 409 and "cancel it before deleting it" in busy.json()["detail"]
+    server.http.post(f"api/jobs/{job_id}/cancel")
+    server.wait(job_id, ("cancelled",))
     folder = server.board.root / job_id
     assert folder.is_dir()
     assert server.http.delete(f"api/jobs/{job_id}").status_code == 200
@@ -149,7 +150,7 @@ def test_a_restarted_server_lists_its_history_and_resumes_an_interrupted_job(ser
         (target / "inputs" / image.name).write_bytes(image.read_bytes())
     (target / "job.json").write_text(json.dumps({**state, "id": crashed, "status": "running"}))
 
-    restarted = JobBoard(board.root.parent, lambda: EngineRunner(server.settings.models_dir, "cpu", 2))
+    restarted = JobBoard(board.root.parent, lambda: shared_runner(server.settings.models_dir))
     assert {finished[0], crashed} <= {j["id"] for j in restarted.list()}
     assert restarted.summary(finished[0])["status"] == "finished"
     job = restarted.summary(crashed)
@@ -209,11 +210,11 @@ def test_healthz_and_openapi(server):
             "/healthz"} <= set(schema["paths"])
 
 
-class CancelAfterFirstIteration(EngineRunner):
+class CancelAfterFirstIteration:
     """A real engine whose first run is cancelled as its first iteration ends (no race with the clock)."""
 
-    def __init__(self, *args):
-        super().__init__(*args)
+    def __init__(self, runner):
+        self.runner = runner
         self.runs = 0
 
     def run(self, config, content, styles, output, callback, cancel, resume):
@@ -224,15 +225,14 @@ class CancelAfterFirstIteration(EngineRunner):
             if self.runs == 1 and getattr(event, "iteration", 0) == 1:
                 cancel.set()
 
-        return super().run(config, content, styles, output, wrapped, cancel, resume)
+        return self.runner.run(config, content, styles, output, wrapped, cancel, resume)
 
 
 def test_a_resumed_job_continues_from_its_last_finished_iteration(tmp_path, models_dir):
-    board = JobBoard(tmp_path, lambda: CancelAfterFirstIteration(models_dir, "cpu", 2))
+    board = JobBoard(tmp_path, lambda: CancelAfterFirstIteration(shared_runner(models_dir)))
     board.start()
     try:
         params = {**TINY, "iterations": 3}
-        from engine.serve.params import job_config
         images = [Image.open(CONTENT).convert("RGB"), Image.open(STYLE).convert("RGB")]
         job, _ = board.submit(params, job_config(params, 1, images[0].size, 10**6), images[0], images[1:])
         _wait(board, job.id, "cancelled")
