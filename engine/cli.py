@@ -323,6 +323,9 @@ def serve(
     provider: Annotated[Provider, _option("Execution provider (default: auto).", "Runtime")] = Provider.AUTO,
     threads: Annotated[Optional[int], _option(
         "CPU threads for ONNX Runtime per job (default: all cores).", "Runtime")] = None,
+    allow_origin: Annotated[Optional[list[str]], _option(
+        "Public origin of a reverse proxy in front, e.g. https://example.org; repeatable (default: none).",
+        "Runtime")] = None,
     models_dir: ModelsDir = None,
 ):
     """Serve the web page and the HTTP job API (needs the package's serve extra)."""
@@ -335,7 +338,7 @@ def serve(
 
     settings = ServeSettings(host=host, port=port, data_dir=data_dir, token=token, max_upload_mb=max_upload_mb,
                              max_pixels=max_pixels, workers=workers, models_dir=models_dir, provider=provider,
-                             threads=threads)
+                             threads=threads, allowed_origins=tuple(allow_origin or ()))
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"serving http://{shown}:{port}/ (jobs in {settings.data_dir}); Ctrl-C stops", err=True)
     run_server(settings)

@@ -255,3 +255,37 @@ def _wait(board, job_id, status, timeout=60.0):
     while board.summary(job_id)["status"] != status:
         assert time.monotonic() < deadline, board.summary(job_id)
         time.sleep(0.05)
+
+
+def test_nst_submit_sends_a_job_shows_progress_and_downloads_the_result(server, tmp_path):
+    from typer.testing import CliRunner
+    from engine.cli import app
+
+    output = tmp_path / "painted.png"
+    result = CliRunner().invoke(app, [
+        "submit", str(CONTENT), str(STYLE), "--server", server.url, "-o", str(output), "--size", "64",
+        "--iterations", "2", "--maxfun", "2", "--param", 'init="content"', "--preset", "starry_tubingen"])
+    assert result.exit_code == 0, result.output
+    assert "queued at position" in result.output and "iteration 2/2" in result.output
+    assert result.stdout.strip().endswith(str(output))
+    image = Image.open(output)
+    assert max(image.size) == 64 and json.loads(image.text["nst:params"])["preset"] == "starry_tubingen"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--server", "http://127.0.0.1:9/"], "cannot reach the server"),
+    (["--server", "ftp://example.com/"], "not an http(s) URL"),
+    (["--server", "{url}", "--param", "colour=3"], "unknown parameter colour"),
+    (["--server", "{url}", "--param", "seed"], "not NAME=JSON"),
+    (["--server", "{url}", "-o", "out.jpg"], "ending in .png"),
+])
+def test_nst_submit_mistakes_are_one_line(server, tmp_path, args, words):
+    from typer.testing import CliRunner
+    from engine.cli import app
+
+    args = [a.format(url=server.url) for a in args]
+    if "-o" not in args:
+        args += ["-o", str(tmp_path / "out.png")]
+    result = CliRunner().invoke(app, ["submit", str(CONTENT), str(STYLE), *args])
+    assert result.exit_code == 1 and words in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1

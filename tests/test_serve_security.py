@@ -10,6 +10,7 @@ import zlib
 
 import pytest
 from PIL import Image
+from starlette.datastructures import Headers
 from typer.testing import CliRunner
 
 from serve_support import CONTENT, STYLE, TINY, LiveServer, serve_settings
@@ -204,6 +205,18 @@ def test_a_cross_site_state_change_is_refused(server, job, headers):
         reply = server.http.request(method, path, headers=headers)
         assert reply.status_code == 403 and "cross-site" in reply.json()["detail"], (method, path)
     assert server.http.get(f"api/jobs/{job}").json()["status"] == "finished"
+
+
+def test_an_allowed_proxy_origin_passes_and_others_do_not(tmp_path):
+    from engine.serve.app import Guard
+    guard = Guard(None, ServeSettings(data_dir=tmp_path, allowed_origins=("https://paint.example.org/",)))
+    scope = {"method": "POST", "path": "/api/jobs/x/cancel"}
+    proxied = {"host": "paint.example.org", "origin": "https://paint.example.org"}
+    assert guard.refusal(scope, Headers(proxied)) is None
+    assert guard.refusal(scope, Headers({**proxied, "origin": "https://evil.example"}))[0] == 403
+    assert guard.refusal(scope, Headers({**proxied, "host": "evil.example"}))[0] == 403
+    with pytest.raises(ConfigError, match="scheme://host"):
+        ServeSettings(allowed_origins=("paint.example.org/nst",))
 
 
 def test_a_same_origin_request_from_the_page_passes(server, job):

@@ -54,6 +54,7 @@ class Guard:
     def __init__(self, app, settings: ServeSettings):
         self.app = app
         self.settings = settings
+        self.hostnames = {*LOOPBACK_NAMES, *(urlsplit(origin).hostname for origin in settings.allowed_origins)}
         # Upload bodies: every file at its limit, plus room for the form's fields and boundaries.
         self.max_body = settings.max_upload_bytes * (MAX_STYLES + 1) + 1024 * 1024
 
@@ -79,12 +80,13 @@ class Guard:
     def refusal(self, scope, headers: Headers) -> tuple[int, str] | None:
         method, path = scope["method"], scope["path"]
         host = headers.get("host", "")
-        if is_loopback(self.settings.host) and _hostname(host) not in LOOPBACK_NAMES:
+        if is_loopback(self.settings.host) and _hostname(host) not in self.hostnames:
             return 403, (f"Host {host!r} refused: this server listens on loopback and answers only to "
-                         "localhost or 127.0.0.1 (a guard against DNS rebinding)")
+                         "localhost, 127.0.0.1 and --allow-origin hosts (a guard against DNS rebinding)")
         if method in UNSAFE_METHODS:
             origin = headers.get("origin")
-            if origin is not None and urlsplit(origin).netloc != host:
+            same = origin is not None and (urlsplit(origin).netloc == host or origin in self.settings.allowed_origins)
+            if origin is not None and not same:
                 return 403, f"cross-site request refused: Origin {origin!r} is not this server ({host})"
             if headers.get("sec-fetch-site") == "cross-site":
                 return 403, "cross-site request refused (Sec-Fetch-Site: cross-site)"

@@ -5,6 +5,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..config import Provider
 from ..errors import ConfigError
@@ -34,7 +35,8 @@ class ServeSettings:
     """host/port: where to listen (loopback unless a token is set); token: the shared secret every
     request must carry (None: $NST_TOKEN, else none, allowed only on loopback); data_dir: the jobs'
     folders; max_upload_mb: largest uploaded file; max_pixels: largest decoded image and output;
-    workers: jobs run at once; models_dir, provider, threads: as for ``Engine``."""
+    workers: jobs run at once; models_dir, provider, threads: as for ``Engine``; allowed_origins:
+    the public origins (scheme://host[:port]) of a reverse proxy in front, whose pages may use the API."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -46,6 +48,7 @@ class ServeSettings:
     models_dir: Path | None = None
     provider: Provider = Provider.AUTO
     threads: int | None = None
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         token = self.token if self.token is not None else os.environ.get(TOKEN_ENV) or None
@@ -58,6 +61,12 @@ class ServeSettings:
         if token is None and not is_loopback(self.host):
             raise ConfigError(f"refusing to listen on {self.host} without a token: anyone who reaches it could run "
                               f"jobs and read results; pass --token or set {TOKEN_ENV}, or keep --host 127.0.0.1")
+        origins = tuple(origin.rstrip("/") for origin in self.allowed_origins)
+        for origin in origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+                raise ConfigError(f"allowed origin {origin!r} is not scheme://host[:port], e.g. https://example.org")
+        object.__setattr__(self, "allowed_origins", origins)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
         if not self.max_upload_mb > 0:
