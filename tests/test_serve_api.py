@@ -176,7 +176,7 @@ def test_stopping_the_server_marks_its_running_job_interrupted(tmp_path, models_
     live.wait(job_id, ("running",))
     live.stop()
     state = json.loads((tmp_path / "jobs" / job_id / "job.json").read_text())
-    assert state["status"] == "interrupted"
+    assert state["status"] == "interrupted" and "resume it" in state["error"]
 
 
 @pytest.mark.parametrize("params, words", [

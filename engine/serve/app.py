@@ -295,5 +295,7 @@ def run_server(settings: ServeSettings) -> None:
     """Listen until Ctrl-C; running jobs then show as interrupted, resumable after a restart."""
     import uvicorn
 
+    # Open event streams never end by themselves: after 2 s of shutdown they are closed, then the
+    # workers stop (their running jobs show as interrupted).
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                proxy_headers=False, server_header=False)
+                proxy_headers=False, server_header=False, timeout_graceful_shutdown=2)

@@ -34,6 +34,7 @@ QUEUED, RUNNING, FINISHED, FAILED, CANCELLED, INTERRUPTED = (
 ACTIVE = (QUEUED, RUNNING)
 RESUMABLE = (INTERRUPTED, CANCELLED, FAILED)
 ID_PATTERN = re.compile(r"[0-9]{8}t[0-9]{6}-[0-9a-f]{8}")
+STOPPED_WHILE_RUNNING = "the server stopped while this job ran: resume it to continue"
 INPUT_PATTERN = re.compile(r"content|style-[1-9][0-9]?")
 RESULT = "result.png"
 SNAPSHOT_PATTERN = re.compile(r"result_at_iteration_([0-9]+)\.png")
@@ -148,7 +149,7 @@ class JobBoard:
             job.events = _read_events(folder / "events.jsonl")
             self._jobs[job.id] = job
             if job.status == RUNNING:
-                job.error = "the server stopped while this job ran: resume it to run it again"
+                job.error = STOPPED_WHILE_RUNNING
                 self._finish(job, INTERRUPTED)
             elif job.status == QUEUED:
                 self._queue.append(job.id)
@@ -309,8 +310,8 @@ class JobBoard:
         except Exception as exc:  # a bug must not kill the worker; the job says what happened
             job.error = f"internal error: {type(exc).__name__}: {exc}"
             ended = FAILED
-        if ended == CANCELLED:
-            ended = job.stop_reason
+        if ended == CANCELLED and job.stop_reason == INTERRUPTED:
+            ended, job.error = INTERRUPTED, STOPPED_WHILE_RUNNING
         with self._lock:
             self._finish(job, ended)
 
@@ -328,7 +329,8 @@ class JobBoard:
                 job.iteration, job.loss = event.iteration, event.loss
                 data = {**event.record(), "iterations": job.iterations, "snapshot": None}
                 if event.snapshot is not None:
-                    job.snapshots.append(event.iteration)
+                    # A resumed run may redo an iteration whose snapshot was written just before a crash.
+                    job.snapshots = sorted({*job.snapshots, event.iteration})
                     data["snapshot"] = f"api/jobs/{job.id}/snapshots/{event.iteration}"
                 self._save(job)
                 self._emit(job, "iteration", data)

@@ -75,6 +75,8 @@ class ServeSettings:
             raise ConfigError(f"max_pixels must be at least 256, got {self.max_pixels}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1 (or unset for all cores), got {self.threads}")
 
     @property
     def max_upload_bytes(self) -> int:
