@@ -289,3 +289,21 @@ def test_nst_submit_mistakes_are_one_line(server, tmp_path, args, words):
     result = CliRunner().invoke(app, ["submit", str(CONTENT), str(STYLE), *args])
     assert result.exit_code == 1 and words in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_job_the_engine_refuses_ends_failed_with_its_reason(server):
+    # vgg19 is never exported in the tests' models folder: the engine says so, the job carries it.
+    job_id = server.submit({"preset": "pavlos_grandma_woman_with_hat", "size": 64, "iterations": 1}).json()["id"]
+    job = server.wait(job_id, ("failed",))
+    assert "vgg19" in job["error"] and job["resumable"]
+    with server.http.stream("GET", f"api/jobs/{job_id}/events") as stream:
+        events = _parse_sse(stream.iter_lines())
+    assert events[-1]["event"] == "failed" and events[-1]["data"]["error"] == job["error"]
+
+
+def test_an_unusable_data_dir_is_one_line(tmp_path):
+    from engine.errors import ConfigError
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="choose another --data-dir"):
+        JobBoard(blocker, lambda: None)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from ..config import Provider, TransferConfig
-from ..errors import EngineError
+from ..errors import ConfigError, EngineError
 from ..io.files import atomic_write_text
 from ..run.engine import Engine
 from ..run.events import Evaluated, IterationDone, Prepared
@@ -107,9 +107,15 @@ class JobBoard:
     """Every job of a data dir, the queue, and ``workers`` threads running queued jobs in order."""
 
     def __init__(self, data_dir: Path, runner_factory: Callable[[], EngineRunner], workers: int = 1):
-        self.root = (Path(data_dir) / "jobs")
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.root = self.root.resolve()
+        root = Path(data_dir) / "jobs"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".probe-{secrets.token_hex(4)}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"cannot keep jobs in {root}: {exc.strerror or exc}; choose another --data-dir") from None
+        self.root = root.resolve()
         self._runner_factory = runner_factory
         self._workers = workers
         self._lock = threading.Condition()
