@@ -306,3 +306,16 @@ def test_an_unusable_data_dir_is_one_line(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(ConfigError, match="choose another --data-dir"):
         JobBoard(blocker, lambda: None)
+
+
+def test_several_styles_are_kept_with_their_blend_weights(server):
+    reply = server.submit({**LONG, "style_blend": [0.7, 0.3]}, styles=(STYLE, CONTENT))
+    assert reply.status_code == 202, reply.text
+    job_id = reply.json()["id"]
+    server.http.post(f"api/jobs/{job_id}/cancel")
+    job = server.http.get(f"api/jobs/{job_id}").json()
+    assert job["styles"] == 2 and job["config"]["style_blend"] == [0.7, 0.3]
+    assert job["inputs"] == [f"api/jobs/{job_id}/inputs/{name}" for name in ("content", "style-1", "style-2")]
+    second = Image.open(io.BytesIO(server.http.get(job["inputs"][2]).content))
+    assert second.size == Image.open(CONTENT).size  # the second style is the photo, re-encoded
+    server.wait(job_id, ("cancelled",))
