@@ -14,7 +14,7 @@ import hmac
 import io
 import json
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -31,7 +31,7 @@ from ..presets import PRESETS
 from .jobs import INPUT_PATTERN, RESULT, EngineRunner, JobBoard, JobError, snapshot_file
 from .params import DEFAULT_SIZE, job_config, parse_params
 from .settings import LOOPBACK_NAMES, ServeSettings, is_loopback
-from .uploads import UploadRefused, decode_upload
+from .uploads import decode_upload
 
 COOKIE = "nst_token"
 MAX_STYLES = 8

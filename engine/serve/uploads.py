@@ -52,8 +52,8 @@ def decode_upload(data: bytes, field: str, max_bytes: int, max_pixels: int) -> I
                             "(SVG and other vector or document formats are refused)", 415) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         # Pillow's own guard fires while opening, before the size could be read here.
-        raise UploadRefused(f"{field}: the image claims more than {Image.MAX_IMAGE_PIXELS} pixels, over the "
-                            f"server's limit of {max_pixels} pixels (--max-pixels): send a smaller image", 413) from None
+        raise UploadRefused(f"{field}: the image claims more than {Image.MAX_IMAGE_PIXELS} pixels, over the server's "
+                            f"limit of {max_pixels} pixels (--max-pixels): send a smaller image", 413) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UploadRefused(f"{field}: truncated or corrupt image data ({str(exc).splitlines()[0]}): "
                             "save or export it again", 400) from None

@@ -63,7 +63,10 @@ function dropZone(zone, input, onFiles) {
     e.preventDefault(); zone.classList.add("over");
   });
   for (const kind of ["dragleave", "drop"]) zone.addEventListener(kind, () => zone.classList.remove("over"));
-  zone.addEventListener("drop", (e) => { e.preventDefault(); if (e.dataTransfer.files.length) onFiles(e.dataTransfer.files); });
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    if (e.dataTransfer.files.length) onFiles(e.dataTransfer.files);
+  });
 }
 
 function params() {
@@ -129,7 +132,10 @@ function openJob(id) {
   });
   on("iteration", (d) => {
     view.iteration = d.iteration; view.iterations = d.iterations; view.loss = d.loss;
-    if (d.snapshot) { view.snapshots.push({ n: d.iteration, url: d.snapshot }); showSnapshot(view, view.snapshots.length - 1); }
+    if (d.snapshot) {
+      view.snapshots.push({ n: d.iteration, url: d.snapshot });
+      showSnapshot(view, view.snapshots.length - 1);
+    }
   });
   for (const kind of TERMINAL) on(kind, (d) => {
     view.status = kind; view.error = d.error;
@@ -240,7 +246,8 @@ function card(job) {
 
 async function runAgain(job) {
   const blobs = await Promise.all(job.inputs.map((url) => fetch(url).then((r) => r.blob())));
-  const [content, ...styles] = blobs.map((b, k) => new File([b], k ? `style-${k}.png` : "content.png", { type: "image/png" }));
+  const files = blobs.map((b, k) => new File([b], k ? `style-${k}.png` : "content.png", { type: "image/png" }));
+  const [content, ...styles] = files;
   setContent(content);
   state.styles = [];
   addStyles(styles, job.params.style_blend || []);
@@ -270,7 +277,9 @@ async function main() {
   });
   try { state.options = await api("api/options"); } catch { return; }
   $("app").hidden = false;
-  for (const name of Object.keys(state.options.presets)) $("preset").append(el("option", { value: name, textContent: name }));
+  for (const name of Object.keys(state.options.presets)) {
+    $("preset").append(el("option", { value: name, textContent: name }));
+  }
   fillForm(state.options.defaults);
   $("preset").addEventListener("change", () => {
     const name = $("preset").value;
@@ -284,7 +293,8 @@ async function main() {
   $("resume").addEventListener("click", () => resume(state.view.id));
   $("scrubber").addEventListener("input", scrub);
   const limits = state.options.limits;
-  $("server-state").textContent = `up to ${limits.max_upload_mb} MB and ${(limits.max_pixels / 1e6).toFixed(0)} megapixels per image`;
+  const megapixels = (limits.max_pixels / 1e6).toFixed(0);
+  $("server-state").textContent = `up to ${limits.max_upload_mb} MB and ${megapixels} megapixels per image`;
   refreshHistory();
 }
 
