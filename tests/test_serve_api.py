@@ -176,6 +176,8 @@ def test_stopping_the_server_marks_its_running_job_interrupted(tmp_path, models_
     live.stop()
     state = json.loads((tmp_path / "jobs" / job_id / "job.json").read_text())
     assert state["status"] == "interrupted" and "resume it" in state["error"]
+    record = json.loads((tmp_path / "jobs" / job_id / "output" / "result.json").read_text())
+    assert record["status"] == "interrupted"  # the engine's record says the same
 
 
 @pytest.mark.parametrize("params, words", [

@@ -73,7 +73,7 @@ class Job:
     snapshots: list[int] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list, repr=False)
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
-    stop_reason: str = CANCELLED
+    interrupt: threading.Event = field(default_factory=threading.Event, repr=False)
 
     STATE = ("id", "params", "config", "styles", "created", "status", "started", "ended", "iteration",
              "iterations", "evaluation", "total_evaluations", "loss", "error", "snapshots")
@@ -101,6 +101,11 @@ class EngineRunner:
         """Run (or continue, with ``resume``) one job; its status: finished or cancelled. Failures raise."""
         return self.engine.run(config, content, styles, output, callback=callback, cancel=cancel,
                                resume=resume).status
+
+
+class ServerStopping(KeyboardInterrupt):
+    """Raised inside a run when the server stops: the engine records the run as interrupted (as
+    for Ctrl-C), keeps its checkpoint, and raises it again."""
 
 
 class JobBoard:
@@ -227,7 +232,6 @@ class JobBoard:
                 self._queue.remove(job_id)
                 self._finish(job, CANCELLED)
             elif job.status == RUNNING:
-                job.stop_reason = CANCELLED
                 job.cancel.set()  # the worker stops at the next evaluation and marks it cancelled
             else:
                 raise JobError(f"job {job_id} is {job.status}, not queued or running: nothing to cancel", 409)
@@ -242,7 +246,7 @@ class JobBoard:
                 raise JobError(f"job {job_id} is {job.status}: only interrupted, cancelled or failed jobs "
                                "can be resumed", 409)
             job.status, job.error, job.ended = QUEUED, None, None
-            job.cancel = threading.Event()
+            job.cancel, job.interrupt = threading.Event(), threading.Event()
             self._queue.append(job_id)
             self._save(job)
             self._emit(job, "queued", {"position": self._queue.index(job_id), "resumed": True})
@@ -269,13 +273,12 @@ class JobBoard:
             self._threads.append(thread)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the workers: running jobs stop at their next evaluation and show as interrupted."""
+        """Stop the workers: running jobs stop after their current evaluation and show as interrupted."""
         with self._lock:
             self._stopping = True
             for job in self._jobs.values():
                 if job.status == RUNNING:
-                    job.stop_reason = INTERRUPTED
-                    job.cancel.set()
+                    job.interrupt.set()
             self._lock.notify_all()
         for thread in self._threads:
             thread.join(timeout)
@@ -307,17 +310,22 @@ class JobBoard:
         output.mkdir(exist_ok=True)
         inputs = job.folder / "inputs"
         styles = [inputs / f"style-{k}.png" for k in range(1, job.styles + 1)]
+        def on_event(event) -> None:
+            if job.interrupt.is_set():
+                raise ServerStopping
+            self._on_event(job, event)
+
         try:
             ended = runner.run(TransferConfig(**job.config), inputs / "content.png", styles, output / RESULT,
-                               lambda event: self._on_event(job, event), job.cancel, resume)
+                               on_event, job.cancel, resume)
+        except ServerStopping:
+            ended, job.error = INTERRUPTED, STOPPED_WHILE_RUNNING
         except EngineError as exc:
             job.error = str(exc)
             ended = FAILED
         except Exception as exc:  # a bug must not kill the worker; the job says what happened
             job.error = f"internal error: {type(exc).__name__}: {exc}"
             ended = FAILED
-        if ended == CANCELLED and job.stop_reason == INTERRUPTED:
-            ended, job.error = INTERRUPTED, STOPPED_WHILE_RUNNING
         with self._lock:
             self._finish(job, ended)
 
