@@ -8,6 +8,7 @@ session and builds no graph.
 """
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -262,6 +263,9 @@ class Engine:
                 weights = graphs.model_metadata.get("weights_sha256")
                 fingerprint = checkpoints.fingerprint(cfg, content, sources, weights)
                 if resume:
+                    if not checkpoint_path(output).exists() and _finished(record_path(output)):
+                        raise RunError(f"nothing to resume: the run on {output} finished (its record is "
+                                       f"{record_path(output)}); run without --resume to make it again")
                     state = checkpoints.load(checkpoint_path(output), fingerprint)
                     if not 0 <= state.scale < len(sizes):
                         raise RunError(f"cannot resume: the checkpoint {checkpoint_path(output)} is damaged; "
@@ -548,6 +552,13 @@ def load(source: ImageSource) -> Image.Image:
 
 def _name(source: ImageSource) -> str:
     return "<image>" if isinstance(source, Image.Image) else str(source)
+
+
+def _finished(record: Path) -> bool:
+    try:
+        return json.loads(record.read_text()).get("status") == RunStatus.FINISHED.value
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _run_files(output: Path, iterations: int) -> dict[str, Path]:
