@@ -158,7 +158,8 @@ def stylize(
                                  "prefix as in the seed: -o out/cat writes out/cat.png, out/cat_at_iteration_N.png "
                                  "and out/cat.json. Required.", "--output", "-o")] = ...,
     style_option: Annotated[Optional[list[str]], _opt(
-        SEED, "Style image, once per file (names may hold commas), instead of the STYLE argument.",
+        SEED, "Style image instead of the STYLE argument; repeat it to blend several, names may hold commas "
+              "(default: none, the STYLE argument's).",
         "--style", "-s")] = None,
     preset: Annotated[Optional[str], _opt(
         SEED, f"One of the seed's parameter sets: {', '.join(PRESETS)}; other flags override it (default: none).")]

@@ -81,7 +81,7 @@ class ProgressDisplay:
                 self._run = bars.add_task("evaluations", total=event.total_evaluations, status="")
             # scipy may run one evaluation past maxfun: the bar stops at its total.
             bars.update(self._run, completed=min(event.evaluation, event.total_evaluations),
-                        status=f"loss {event.loss:.3e}")
+                        status=f"loss {event.loss:.3e}", refresh=True)
         elif isinstance(event, IterationDone):
             saved = f", saved {event.snapshot}" if event.snapshot else ""
             self._line(f"{self._prefix()}iteration {event.iteration}: loss {event.loss:.3e} "
@@ -125,7 +125,7 @@ class ProgressDisplay:
         self._job = name
         self._end_run()
         if self._jobs is not None and self._progress is not None:
-            self._progress.update(self._jobs, status=self._job_status())
+            self._progress.update(self._jobs, status=self._job_status(), refresh=True)
 
     def finish_job(self, name: str, error: str | None = None) -> None:
         """One job ended: ``error`` is its one-line message when it failed."""
@@ -135,7 +135,7 @@ class ProgressDisplay:
         self._job = ""
         if self._jobs is not None and self._progress is not None:
             self._progress.advance(self._jobs)
-            self._progress.update(self._jobs, status=self._job_status())
+            self._progress.update(self._jobs, status=self._job_status(), refresh=True)
 
     def _job_status(self) -> str:
         failed = f"{self._failed} failed" if self._failed else ""

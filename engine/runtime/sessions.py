@@ -33,6 +33,9 @@ _CUDA_START = threading.Lock()
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Errors only: ORT's warnings (unused initializers, nodes placed on the CPU) are about our own
+    # graphs, not anything a user can act on, and they would land in the middle of the progress.
+    options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
     return options
