@@ -59,6 +59,8 @@ def verify_weights(path: Path, model: onnx.ModelProto, meta: dict[str, str]) -> 
         if graph_weights_sha256(model, meta["architecture"]) != meta["weights_sha256"]:
             raise ModelFileError(f"{path}: its weights changed since export (their checksum differs from the one "
                                  f"recorded in the model): {_REDO}")
+        # Forget files that are gone (test folders, old checkouts) so the file stays small.
+        verdicts = {path: seen for path, seen in verdicts.items() if Path(path).exists()}
         verdicts[key] = stamp
         _write_verdicts(verdicts)
 
