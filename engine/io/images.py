@@ -10,6 +10,7 @@ import os
 import struct
 import tempfile
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -58,7 +59,7 @@ def load_image(path: str | os.PathLike, fit: int | None = None,
     if path.is_dir():
         raise error("it is a folder, not an image file")
     try:
-        with _open_unchecked(path) as image:
+        with _quiet_pillow(), _open_unchecked(path) as image:
             width, height = image.size
             if width * height > max_megapixels * 1e6:
                 raise error(f"{width}x{height} px is {width * height / 1e6:.0f} megapixels, more than the limit of "
@@ -76,6 +77,14 @@ def load_image(path: str | os.PathLike, fit: int | None = None,
         # Pillow reports truncated or damaged data as any of these.
         raise error(f"truncated or corrupt image data ({_one_line(exc)}), "
                     "save or download it again") from None
+
+
+@contextmanager
+def _quiet_pillow() -> Iterator[None]:
+    # Pillow warns about damaged EXIF and the like and reads on; so do we, without the noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 @contextmanager
