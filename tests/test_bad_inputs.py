@@ -173,7 +173,7 @@ ROWS = [
     Row("output-under-a-file", lambda e: stylize(e, output=e.out / "keep.txt" / "cat.png"),
         r"keep\.txt' is a file, not a folder", after=["keep.txt"], setup=_keep),
     # ---- models
-    Row("models-dir-empty", lambda e: stylize(e, models=e.tmp), r"no vgg16\.onnx in .*; run `nst export` first"),
+    Row("models-dir-empty", lambda e: stylize(e, models=e.tmp), r"no vgg16\.onnx in [^,]*; run `nst export` first"),
     Row("models-dir-without-vgg19", lambda e: stylize(e, "--convnet", "vgg19"),
         r"no vgg19\.onnx in .*nst export vgg19 --weights FILE"),
     Row("model-damaged", lambda e: stylize(e, models=e.file("vgg16.onnx", b"\x08\x07garbage").parent),
