@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -70,7 +71,8 @@ def user_errors(command):
     return wrapper
 
 
-@app.command(cls=Command, epilog="Example: nst export; nst export vgg19 --weights vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
+@app.command(cls=Command, epilog="Examples: nst export; "
+             "nst export vgg19 --weights vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
 @user_errors
 def export(
     arch: Annotated[str, typer.Argument(
@@ -129,7 +131,8 @@ def _default(name: str, preset: bool = True) -> str:
         value = "on" if value else "off"
     elif isinstance(value, float):
         value = f"{value:g}"
-    return f"(default: {value.value if hasattr(value, 'value') else value}{', or the preset' + chr(39) + 's' if preset else ''})"
+    value = value.value if isinstance(value, Enum) else value
+    return f"(default: {value}, or the preset's)" if preset else f"(default: {value})"
 
 
 def _opt(panel: str, help: str, *names: str, **kwargs):

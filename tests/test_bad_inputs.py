@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -114,7 +113,8 @@ def _graphs_unwritable(env: Env, monkeypatch) -> Path:
 
 ROWS = [
     # ---- images
-    Row("content-missing", lambda e: stylize(e, content=e.tmp / "nope.jpg"), r"cannot read image .*nope\.jpg.*no such file"),
+    Row("content-missing", lambda e: stylize(e, content=e.tmp / "nope.jpg"),
+        r"cannot read image .*nope\.jpg.*no such file"),
     Row("content-is-a-folder", lambda e: stylize(e, content=e.tmp), r"cannot read image .*it is a folder"),
     Row("content-is-text", lambda e: stylize(e, content=e.file("notes.jpg", "hello")),
         r"notes\.jpg.*not an image file"),
@@ -133,8 +133,10 @@ ROWS = [
     Row("size-below-16", lambda e: stylize(e, "--size", "8"), r"size must be at least 16"),
     Row("iterations-zero", lambda e: stylize(e, "--iterations", "0"), r"iterations must be at least 1"),
     Row("maxfun-zero", lambda e: stylize(e, "--maxfun", "0"), r"maxfun must be at least 1"),
-    Row("unknown-content-layer", lambda e: stylize(e, "--content-layer", "block9_conv9"), r"content_layer.*block9_conv9"),
-    Row("style-layer-twice", lambda e: stylize(e, "--style-layers", "block1_conv1,block1_conv1", "--style-weights", "1,1"),
+    Row("unknown-content-layer", lambda e: stylize(e, "--content-layer", "block9_conv9"),
+        r"content_layer.*block9_conv9"),
+    Row("style-layer-twice",
+        lambda e: stylize(e, "--style-layers", "block1_conv1,block1_conv1", "--style-weights", "1,1"),
         r"style layer 'block1_conv1' is listed twice"),
     Row("style-weights-count", lambda e: stylize(e, "--style-weights", "1,2"), r"2 style_weights for 5 style_layers"),
     Row("style-weights-not-numbers", lambda e: stylize(e, "--style-weights", "a,b"),
@@ -168,7 +170,8 @@ ROWS = [
     Row("output-missing", lambda e: ["stylize", str(CONTENT), str(STYLE)], r"Missing option '--output'", code=2),
     # ---- outputs
     Row("output-unknown-suffix", lambda e: stylize(e, output=e.out / "cat.xyz"), r"unknown image type '\.xyz'"),
-    Row("output-is-a-folder", lambda e: stylize(e, output=e.out), r"it is a folder, give a file name such as .*out\.png",
+    Row("output-is-a-folder", lambda e: stylize(e, output=e.out),
+        r"it is a folder, give a file name such as .*out\.png",
         after=["keep.txt"], setup=_keep),
     Row("output-under-a-file", lambda e: stylize(e, output=e.out / "keep.txt" / "cat.png"),
         r"keep\.txt' is a file, not a folder", after=["keep.txt"], setup=_keep),

@@ -89,8 +89,8 @@ def test_every_option_shows_its_help_and_default_when_piped(name):
 
 def test_every_option_shows_its_help_and_default_on_a_terminal():
     # Typer decides "terminal" when it is imported: render in a fresh process that believes it has one.
-    script = ("import sys\nfrom engine.cli import app\nfor name in sys.argv[1:]:\n"
-              "    print('=== ' + name)\n    try: app([name, '--help'], prog_name='nst')\n    except SystemExit: pass\n")
+    script = ("import sys\nfrom engine.cli import app\nfor name in sys.argv[1:]:\n    print('=== ' + name)\n"
+              "    try: app([name, '--help'], prog_name='nst')\n    except SystemExit: pass\n")
     env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "320", "TERMINAL_WIDTH": "320"}
     out = subprocess.run([sys.executable, "-c", script, *COMMANDS], capture_output=True, text=True, env=env,
                          timeout=120)

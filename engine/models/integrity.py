@@ -8,7 +8,6 @@ modification time, so it costs once per file version.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import onnx
