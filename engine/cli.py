@@ -11,18 +11,19 @@ import typer
 from typer.core import TyperCommand
 
 from . import __version__
-from .models import vgg
 from .config import OptimizerMode, Pooling, PreserveColors, Provider, StyleNormalization, TransferConfig
+from .display import ProgressDisplay
 from .errors import ConfigError, EngineError, ModelFileError, ProviderError
+from .io.images import output_path
+from .models import vgg
 from .models.export import export_model, model_metadata, read_feature_model
+from .models.integrity import verified
 from .models.store import search_dirs
 from .presets import PRESETS, preset_config
-from .runtime.sessions import probe_provider, versions
-from .display import ProgressDisplay
-from .io.images import output_path
-from .models.integrity import verified
 from .run.transfer import StyleTransfer, record_path
+from .runtime.sessions import probe_provider, versions
 
+# The help panels every option sits in (rich_help_panel=).
 SEED = "Seed parameters"
 BEYOND = "Beyond the seed"
 OUTPUT = "Output and records"

@@ -125,3 +125,5 @@ def test_version_and_completion():
     assert result.exit_code == 0 and result.output.strip() == f"nst {__version__}"
     result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert "--install-completion" in result.output and "--show-completion" in result.output
+    result = runner.invoke(app, ["--show-completion", "bash"], prog_name="nst")
+    assert result.exit_code == 0 and "_nst_completion" in result.output
