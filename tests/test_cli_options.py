@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -90,3 +92,30 @@ def test_beyond_the_pixel_limit_is_one_line_naming_the_option(photo_90mp):
     with pytest.raises(ImageError, match=r"10000x9000 px is 90 megapixels, more than the limit of 50; "
                                          r"raise it with --max-megapixels"):
         load_image(photo_90mp, max_megapixels=50)
+
+
+ORT_WARNING_SCRIPT = """
+import sys
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+                          [numpy_helper.from_array(np.zeros(3, np.float32), "unused")])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+if sys.argv[1] == "engine":
+    from engine.runtime.sessions import create_session
+    create_session(model, "cpu")
+else:
+    ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+"""
+
+
+@pytest.mark.parametrize("opener, warns", [("onnxruntime", True), ("engine", False)])
+def test_onnx_runtimes_warnings_stay_off_stderr(opener, warns):
+    # A graph with an unused initializer: plain ONNX Runtime warns on stderr (from C++, so in a child process).
+    out = subprocess.run([sys.executable, "-c", ORT_WARNING_SCRIPT, opener], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert ("Removing initializer 'unused'" in out.stderr) == warns, out.stderr
