@@ -235,8 +235,11 @@ def stylize(
     models_dir: ModelsDir = None,
 ):
     """Paint CONTENT in the style of STYLE (Gatys et al.), as the seed's style_transfer does."""
-    if (style is None) == (not style_option):
-        raise ConfigError("give the style image(s) either as the STYLE argument or with --style")
+    if style is None and not style_option:
+        raise ConfigError("no style image given: give it as the STYLE argument or with --style (once per file)")
+    if style is not None and style_option:
+        raise ConfigError("give the style image(s) either as the STYLE argument or with --style (once per file), "
+                          "not both")
     styles = _style_files([style] if style is not None else style_option)
     settings = dict(
         convnet=convnet, content_layer=content_layer, style_layers=_csv(style_layers), content_weight=content_weight,

@@ -159,8 +159,9 @@ ROWS = [
         r"3 scale iteration counts for 2 scales"),
     Row("max-megapixels-zero", lambda e: stylize(e, "--max-megapixels", "0"), r"max_megapixels must be > 0"),
     Row("tol-zero", lambda e: stylize(e, "--tol", "0"), r"tol must be > 0"),
-    Row("style-twice", lambda e: stylize(e, "--style", str(STYLE)), r"either as the STYLE argument or with --style"),
-    Row("no-style", lambda e: stylize(e, style=None), r"either as the STYLE argument or with --style"),
+    Row("style-twice", lambda e: stylize(e, "--style", str(STYLE)),
+        r"either as the STYLE argument or with --style \(once per file\), not both"),
+    Row("no-style", lambda e: stylize(e, style=None), r"no style image given: give it as the STYLE argument"),
     # option-parsing errors: typer's usage box, exit 2
     Row("pooling-unknown-choice", lambda e: stylize(e, "--pooling", "mean"), r"Invalid value for '--pooling'", code=2),
     Row("iterations-not-a-number", lambda e: stylize(e, "--iterations", "many"), r"Invalid value for '--iterations'",
