@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from ..config import Provider
 from ..errors import ConfigError
+from ..io.images import MAX_MEGAPIXELS
 
 TOKEN_ENV = "NST_TOKEN"
 MIN_TOKEN_LENGTH = 16
@@ -71,8 +72,9 @@ class ServeSettings:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
         if not self.max_upload_mb > 0:
             raise ConfigError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
-        if self.max_pixels < 256:
-            raise ConfigError(f"max_pixels must be at least 256, got {self.max_pixels}")
+        if not 256 <= self.max_pixels <= MAX_MEGAPIXELS * 1e6:
+            raise ConfigError(f"max_pixels must be between 256 and {MAX_MEGAPIXELS * 1e6:.0f} (the engine's image "
+                              f"limit), got {self.max_pixels}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.threads is not None and self.threads < 1:
