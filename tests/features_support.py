@@ -20,7 +20,7 @@ from engine import StyleTransfer, TransferConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENT = ROOT / "examples" / "content.jpg"    # 451x300
-STYLE = ROOT / "examples" / "style.jpg"        # 512x409
+STYLE = ROOT / "examples" / "style.jpg"        # 512x408
 
 MEAN_BGR = np.array([103.939, 116.779, 123.68])   # Keras "caffe" mode
 SEED_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
