@@ -1,8 +1,11 @@
 """The ``nst`` command: a thin typer layer over the engine's public API."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,6 +20,12 @@ from .models.export import export_model, model_metadata, read_feature_model
 from .models.store import search_dirs
 from .presets import PRESETS, preset_config
 from .runtime.sessions import probe_provider, versions
+from .batch.jobs import cross_jobs, read_jobs
+from .batch.ray_runner import RayRunner
+from .batch.runner import (BatchEnded, BatchStarted, JobEnded, JobProgress, JobStarted, LocalRunner,
+                           run_batch)
+from .batch.state import STATE_NAME
+from .run.engine import Engine
 from .run.transfer import Evaluated, IterationDone, Prepared, StyleTransfer, record_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -175,6 +184,131 @@ def stylize(
     if not quiet:
         typer.echo(f"done in {result.seconds:.1f} s on {result.provider}; record {result.record}", err=True)
     typer.echo(str(result.output))
+
+
+@app.command()
+@user_errors
+def batch(
+    jobs: Annotated[Optional[Path], typer.Argument(
+        help="CSV or JSON Lines file, one job a row: content, style, optional output and any stylize option.",
+        show_default=False)] = None,
+    out_dir: Annotated[Path, typer.Option(
+        "--out-dir", "-o", help="Folder of the outputs and of batch.json (required).", show_default=False)] = ...,
+    contents: Annotated[Optional[str], typer.Option(
+        help="Instead of JOBS: a folder or glob of content images, each run with every style.",
+        rich_help_panel="Beyond the seed")] = None,
+    styles: Annotated[Optional[str], typer.Option(
+        help="With --contents: a folder or glob of style images.", rich_help_panel="Beyond the seed")] = None,
+    preset: Annotated[Optional[str], typer.Option(
+        help=f"Parameter set of every job without its own: {', '.join(PRESETS)} (default: none).",
+        rich_help_panel="Seed parameters")] = None,
+    size: Annotated[int, typer.Option(
+        help="Longest edge in px of jobs that set none; 0 keeps each content's size (default: 512).",
+        rich_help_panel="Seed parameters")] = 512,
+    iterations: Annotated[Optional[int], typer.Option(
+        help="Iterations of jobs that set none (default: 50, or the preset's).", rich_help_panel="Seed parameters")] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        help="Seed of the start noise of jobs that set none (default: 0).", rich_help_panel="Seed parameters")] = None,
+    save_every: Annotated[Optional[int], typer.Option(
+        help="Snapshots every N iterations for jobs that set none, 0 for none (default: 1).",
+        rich_help_panel="Output and records")] = None,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Run the jobs on Ray actors, one engine each (needs the ray extra; default: this process).",
+        rich_help_panel="Runtime")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(
+        help="With --ray: auto, or a cluster address such as ray://head:10001 (default: start a local cluster).",
+        rich_help_panel="Runtime")] = None,
+    cpus_per_job: Annotated[float, typer.Option(
+        help="With --ray: CPUs each worker reserves (default: 1).", rich_help_panel="Runtime")] = 1.0,
+    gpus_per_job: Annotated[float, typer.Option(
+        help="With --ray: GPUs each worker reserves (default: 0).", rich_help_panel="Runtime")] = 0.0,
+    workers: Annotated[Optional[int], typer.Option(
+        help="With --ray: number of workers (default: as many as the cluster holds).", rich_help_panel="Runtime")] = None,
+    retries: Annotated[int, typer.Option(
+        help="With --ray: tries more of a job whose worker died (default: 2).", rich_help_panel="Runtime")] = 2,
+    scratch: Annotated[Optional[str], typer.Option(
+        help="With --ray: the workers' scratch folder, shared to resume on any node (default: each node's temp).",
+        rich_help_panel="Runtime")] = None,
+    provider: Annotated[Provider, typer.Option(
+        help="Execution provider (default: auto).", rich_help_panel="Runtime")] = Provider.AUTO,
+    threads: Annotated[Optional[int], typer.Option(
+        help="CPU threads for ONNX Runtime per engine (default: all cores).", rich_help_panel="Runtime")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print only the path of batch.json (default: progress).",
+        rich_help_panel="Output and records")] = False,
+    models_dir: ModelsDir = None,
+):
+    """Run many stylize jobs (a JOBS file, or --contents x --styles); a re-run skips finished ones and resumes."""
+    if (jobs is None) == (contents is None and styles is None):
+        raise ConfigError("give either a JOBS file or --contents and --styles, not both")
+    defaults = {key: value for key, value in dict(preset=preset, iterations=iterations, seed=seed,
+                                                  save_every=save_every).items() if value is not None}
+    defaults["size"] = size or None
+    if jobs is not None:
+        job_list = read_jobs(jobs, out_dir, defaults)
+    elif contents is None or styles is None:
+        raise ConfigError("--contents and --styles go together: give both")
+    else:
+        job_list = cross_jobs(contents, styles, out_dir, defaults)
+    engine_options = dict(models_dir=models_dir, provider=provider, threads=threads)
+    if ray:
+        runner = RayRunner(ray_address, cpus_per_job, gpus_per_job, workers, retries, scratch, engine_options)
+    else:
+        runner = LocalRunner(Engine(**engine_options))
+    progress = BatchProgress(quiet)
+    terminated = []
+    try:
+        with _sigterm_as_interrupt(terminated):
+            summary = run_batch(job_list, out_dir, runner, progress)
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted: run the same command again to go on; state {out_dir / STATE_NAME}",
+                    err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(143 if terminated else 130) from None
+    typer.echo(str(summary.state))
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(terminated: list):
+    """SIGTERM (a scheduler's stop) handled as Ctrl-C; ``terminated`` gets an entry when it came."""
+    def handler(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, handler) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class BatchProgress:
+    """Renders a batch's events: a line per job started and ended, the running job's iterations."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def __call__(self, event) -> None:
+        if self.quiet:
+            return
+        if isinstance(event, BatchStarted):
+            skipped = f", {event.skipped} finished before" if event.skipped else ""
+            resumed = f", {event.resumed} to resume" if event.resumed else ""
+            typer.echo(f"{event.total} jobs{skipped}{resumed}: {event.to_run} to run", err=True)
+        elif isinstance(event, JobStarted):
+            how = "resuming" if event.resume else "starting"
+            typer.echo(f"[{event.number}/{event.to_run}] {how} {event.name} on {event.worker}", err=True)
+        elif isinstance(event, JobProgress) and isinstance(event.event, IterationDone):
+            it = event.event
+            typer.echo(f"  {event.name}: iteration {it.iteration}, loss {it.loss:.3e}, {it.seconds:.1f} s", err=True)
+        elif isinstance(event, JobEnded):
+            error = f": {event.error}" if event.error else ""
+            typer.echo(f"{event.name} {event.status} in {event.seconds:.1f} s{error} -- {event.done} done, "
+                       f"{event.failed} failed of {event.total}, eta {event.eta:.0f} s", err=True)
+        elif isinstance(event, BatchEnded):
+            counts = ", ".join(f"{n} {status}" for status, n in event.counts.items() if n)
+            typer.echo(f"batch: {counts} in {event.seconds:.1f} s", err=True)
 
 
 class Progress:
