@@ -9,15 +9,19 @@ __version__ = "0.1.0"
 
 from .config import Pooling, Provider, TransferConfig
 from .errors import (ConfigError, EngineError, ImageError, MemoryLimitError, ModelFileError, ModelNotFoundError,
-                     ProviderError, WeightsError)
+                     NonFiniteError, ProviderError, RunError, WeightsError)
 from .models.export import export_model
 from .models.weights import VGGWeights, load_weights
 from .presets import PRESETS, preset_config
-from .run.transfer import Evaluated, IterationDone, Prepared, Problem, StyleTransfer, TransferResult
+from .run.engine import Engine
+from .run.events import Evaluated, IterationDone, Prepared
+from .run.problem import Problem
+from .run.records import RunStatus, TransferResult
+from .run.transfer import StyleTransfer
 
 __all__ = [
-    "ConfigError", "EngineError", "Evaluated", "ImageError", "IterationDone", "MemoryLimitError",
-    "ModelFileError", "ModelNotFoundError", "PRESETS", "Pooling", "Prepared", "Problem", "Provider", "ProviderError",
-    "StyleTransfer", "TransferConfig", "TransferResult", "VGGWeights", "WeightsError", "export_model",
-    "load_weights", "preset_config",
+    "ConfigError", "Engine", "EngineError", "Evaluated", "ImageError", "IterationDone", "MemoryLimitError",
+    "ModelFileError", "ModelNotFoundError", "NonFiniteError", "PRESETS", "Pooling", "Prepared", "Problem",
+    "Provider", "ProviderError", "RunError", "RunStatus", "StyleTransfer", "TransferConfig", "TransferResult",
+    "VGGWeights", "WeightsError", "export_model", "load_weights", "preset_config",
 ]

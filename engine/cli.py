@@ -26,7 +26,9 @@ from .batch.runner import (BatchEnded, BatchStarted, JobEnded, JobProgress, JobS
                            run_batch)
 from .batch.state import STATE_NAME
 from .run.engine import Engine
-from .run.transfer import Evaluated, IterationDone, Prepared, StyleTransfer, record_path
+from .run.events import Evaluated, IterationDone, Prepared
+from .run.records import record_path
+from .run.transfer import StyleTransfer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Neural style transfer (Gatys et al.) on ONNX Runtime.")
