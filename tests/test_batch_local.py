@@ -180,3 +180,20 @@ def test_cli_batch_ray_without_ray_says_how_to_install(inputs, tmp_path, models_
     result = CliRunner().invoke(app, ["batch", str(jobs_path), "-o", str(tmp_path / "out"), "--ray"])
     assert error_line(result) == "error: --ray needs Ray: pip install -e '.[ray]' (or pip install 'ray==2.60.0')"
     assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_during_a_batch_is_an_interrupt():
+    import os
+    import signal
+
+    from engine.cli import _sigterm_as_interrupt
+
+    import time
+
+    terminated, before = [], signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with _sigterm_as_interrupt(terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts it
+    assert terminated == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is before
