@@ -1,11 +1,8 @@
 """The ``nst`` command: a thin typer layer over the engine's public API."""
 from __future__ import annotations
 
-import contextlib
 import functools
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -27,6 +24,7 @@ from .batch.runner import (BatchEnded, BatchStarted, JobEnded, JobProgress, JobS
 from .batch.state import STATE_NAME
 from .run.engine import Engine
 from .run.events import Evaluated, IterationDone, Prepared
+from .run import signals
 from .run.records import record_path
 from .run.transfer import StyleTransfer
 
@@ -46,6 +44,8 @@ def user_errors(command):
         except EngineError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (engine.run.signals): its exit status, no traceback
+            raise typer.Exit(signals.exit_status()) from None
     return wrapper
 
 
@@ -154,6 +154,9 @@ def stylize(
     save_every: Annotated[Optional[int], typer.Option(
         help=f"Snapshot every N iterations, 0 for none. {_default('save_every')}")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result's path.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the stopped run on this output from its checkpoint, with the same arguments "
+        "(default: off, start over).", rich_help_panel="Output and records")] = False,
     models_dir: ModelsDir = None,
 ):
     """Paint CONTENT in the style of STYLE (Gatys et al.), as the seed's style_transfer does."""
@@ -175,13 +178,14 @@ def stylize(
     transfer = StyleTransfer(config, models_dir=models_dir, provider=provider, threads=threads,
                              tf32=tf32, cuda_graph=cuda_graph)
     try:
-        result = transfer.run(content, styles, output, callback=progress)
+        result = transfer.run(content, styles, output, callback=progress, resume=resume)
     except KeyboardInterrupt:
         progress.close()
         last = progress.last_snapshot
-        typer.secho(f"interrupted: {'last snapshot ' + str(last) + ', ' if last else ''}"
-                    f"record {record_path(output)}", err=True, fg=typer.colors.YELLOW)
-        raise typer.Exit(130) from None
+        record = f"record {record_path(output)}, --resume continues" if progress.prepared else "nothing written"
+        typer.secho(f"interrupted: {'last snapshot ' + str(last) + ', ' if last else ''}{record}",
+                    err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(signals.exit_status()) from None
     progress.close()
     if not quiet:
         typer.echo(f"done in {result.seconds:.1f} s on {result.provider}; record {result.record}", err=True)
@@ -242,7 +246,11 @@ def batch(
 ):
     """Run many stylize jobs (a JOBS file, or --contents x --styles); a re-run skips finished ones and resumes."""
     if (jobs is None) == (contents is None and styles is None):
-        raise ConfigError("give either a JOBS file or --contents and --styles, not both")
+        raise ConfigError("give a JOBS file or --contents and --styles, one of the two")
+    ray_options = (ray_address, cpus_per_job, gpus_per_job, workers, retries, scratch)
+    if not ray and ray_options != (None, 1.0, 0.0, None, 2, None):
+        raise ConfigError("--ray-address, --cpus-per-job, --gpus-per-job, --workers, --retries and --scratch "
+                          "go with --ray: add --ray")
     defaults = {key: value for key, value in dict(preset=preset, iterations=iterations, seed=seed,
                                                   save_every=save_every).items() if value is not None}
     defaults["size"] = size or None
@@ -257,32 +265,15 @@ def batch(
         runner = RayRunner(ray_address, cpus_per_job, gpus_per_job, workers, retries, scratch, engine_options)
     else:
         runner = LocalRunner(Engine(**engine_options))
-    progress = BatchProgress(quiet)
-    terminated = []
     try:
-        with _sigterm_as_interrupt(terminated):
-            summary = run_batch(job_list, out_dir, runner, progress)
-    except KeyboardInterrupt:
+        summary = run_batch(job_list, out_dir, runner, BatchProgress(quiet))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (engine.run.signals)
         typer.secho(f"interrupted: run the same command again to go on; state {out_dir / STATE_NAME}",
                     err=True, fg=typer.colors.YELLOW)
-        raise typer.Exit(143 if terminated else 130) from None
+        raise typer.Exit(signals.exit_status()) from None
     typer.echo(str(summary.state))
     if summary.failed:
         raise typer.Exit(1)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt(terminated: list):
-    """SIGTERM (a scheduler's stop) handled as Ctrl-C; ``terminated`` gets an entry when it came."""
-    def handler(signum, frame):
-        terminated.append(signum)
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, handler) if threading.current_thread() is threading.main_thread() else None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 class BatchProgress:
@@ -320,11 +311,13 @@ class Progress:
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self.last_snapshot: Path | None = None
+        self.prepared = False  # a run that got this far writes its record however it ends
         self.started = time.perf_counter()
 
     def __call__(self, event) -> None:
         if isinstance(event, IterationDone) and event.snapshot:
             self.last_snapshot = event.snapshot
+        self.prepared = self.prepared or isinstance(event, Prepared)
         if self.quiet:
             return
         if isinstance(event, Prepared):

@@ -170,7 +170,10 @@ def test_cli_batch_refuses_a_bad_row_before_any_work(inputs, tmp_path, models_di
     assert error_line(result) == f"error: {jobs_path}:3: style image '{inputs / 'nope.png'}' does not exist"
     assert not out.exists()
     result = CliRunner().invoke(app, ["batch", str(jobs_path), "--contents", "x", "-o", str(out)])
-    assert "either a JOBS file or --contents and --styles" in error_line(result)
+    assert "give a JOBS file or --contents and --styles, one of the two" in error_line(result)
+    result = CliRunner().invoke(app, ["batch", str(jobs_path), "--workers", "2", "-o", str(out)])
+    assert error_line(result).endswith("go with --ray: add --ray")
+    assert not out.exists()
 
 
 def test_cli_batch_ray_without_ray_says_how_to_install(inputs, tmp_path, models_dir, monkeypatch):
@@ -181,19 +184,3 @@ def test_cli_batch_ray_without_ray_says_how_to_install(inputs, tmp_path, models_
     assert error_line(result) == "error: --ray needs Ray: pip install -e '.[ray]' (or pip install 'ray==2.60.0')"
     assert not (tmp_path / "out").exists()
 
-
-def test_sigterm_during_a_batch_is_an_interrupt():
-    import os
-    import signal
-
-    from engine.cli import _sigterm_as_interrupt
-
-    import time
-
-    terminated, before = [], signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt):
-        with _sigterm_as_interrupt(terminated):
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler interrupts it
-    assert terminated == [signal.SIGTERM]
-    assert signal.getsignal(signal.SIGTERM) is before

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from conftest import written
 from engine import Engine
 from engine.batch.jobs import read_jobs
 from engine.batch.runner import JobEnded, JobStarted, LocalRunner, run_batch
+from engine.cli import app
 
 ray = pytest.importorskip("ray")
 from engine.batch.ray_runner import RayRunner  # noqa: E402  (needs ray)
@@ -129,3 +131,14 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_batch_completes(cluster, jo
     assert [e.status for e in events if isinstance(e, JobEnded)] == ["finished"]
     # The retry resumed from the dead worker's checkpoint and ended where a run never killed ends.
     np.testing.assert_array_equal(_pixels(out / "c.png"), _pixels(local_out / "c.png"))
+
+
+def test_cli_batch_ray_runs_on_the_cluster(cluster, jobs_path, local_out, models_dir, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["batch", str(jobs_path), "-o", str(out), "--ray", "--workers", "1",
+                                      "--models-dir", str(models_dir), "--provider", "cpu", "--threads", "1",
+                                      "--scratch", str(tmp_path / "scratch")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out / "batch.json")
+    assert "[1/3] starting a.png on ray pid" in result.stderr and "3 finished" in result.stderr
+    np.testing.assert_array_equal(_pixels(out / "sub" / "b.png"), _pixels(local_out / "sub" / "b.png"))

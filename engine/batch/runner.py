@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol, Union
 from ..errors import EngineError
 from ..run.engine import Engine
 from ..run.events import Evaluated, IterationDone, Prepared
-from ..run.records import checkpoint_path
+from ..run.records import checkpoint_path, record_path
 from .jobs import Job
 from .state import BatchState, JobStatus
 
@@ -55,7 +55,7 @@ class JobEnded:
     done: int
     failed: int
     total: int
-    eta: float | None
+    eta: float
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def run_batch(jobs: list[Job], out_dir: str | Path, runner: Runner, callback: Ca
             state.entries[item.job.name].status = JobStatus.PENDING.value
     state.save()
     emit(BatchStarted(len(jobs), len(jobs) - len(work), len(work), sum(w.resume for w in work)))
-    reporter = _Driver(state, work, emit)
+    reporter = _Driver(state, work, emit, started)
     try:
         runner.run(work, reporter, cancel)
     except KeyboardInterrupt:
@@ -156,21 +156,23 @@ def _resumable(state: BatchState, job: Job) -> bool:
 class _Driver:
     """The runner's reports -> batch.json and events."""
 
-    def __init__(self, state: BatchState, work: list[Work], emit):
-        self.state, self.emit = state, emit
-        self.to_run = len(work)
-        self.number = 0
-        self.ended_seconds: list[float] = []
+    def __init__(self, state: BatchState, work: list[Work], emit, started: float):
+        self.state, self.emit, self.started_at = state, emit, started
+        self.jobs = {item.job.name: item.job for item in work}
+        self.numbers: dict[str, int] = {}   # a retried job keeps its number
+        self.ended = 0
         self.running: set[str] = set()
 
     def started(self, work: Work, worker: str) -> None:
-        self.number += 1
-        entry = self.state.entries[work.job.name]
+        name = work.job.name
+        self.numbers.setdefault(name, len(self.numbers) + 1)
+        entry = self.state.entries[name]
         entry.status, entry.worker, entry.error = JobStatus.RUNNING.value, worker, None
+        entry.output = entry.record = None  # until this attempt has written them
         entry.attempts += 1
-        self.running.add(work.job.name)
+        self.running.add(name)
         self.state.save()
-        self.emit(JobStarted(work.job.name, self.number, self.to_run, work.resume, worker))
+        self.emit(JobStarted(name, self.numbers[name], len(self.jobs), work.resume, worker))
 
     def progress(self, work: Work, event: Any) -> None:
         self.emit(JobProgress(work.job.name, event))
@@ -180,14 +182,16 @@ class _Driver:
         entry.status, entry.seconds, entry.evaluations = outcome.status, round(outcome.seconds, 3), outcome.evaluations
         entry.error, entry.worker = outcome.error, outcome.worker
         entry.attempts = max(entry.attempts, outcome.attempts)
-        if outcome.status == JobStatus.FINISHED.value:
-            entry.output, entry.record = _output_of(self.state, outcome.name)
+        output = self.jobs[outcome.name].output
+        entry.output = str(output) if outcome.status == JobStatus.FINISHED.value and output.is_file() else None
+        entry.record = str(record_path(output)) if record_path(output).is_file() else None
         self.running.discard(outcome.name)
         self.state.save()
-        self.ended_seconds.append(outcome.seconds)
+        self.ended += 1
         counts = self.state.counts()
         left = counts[JobStatus.PENDING.value] + counts[JobStatus.RUNNING.value]
-        eta = sum(self.ended_seconds) / len(self.ended_seconds) * left if left else 0.0
+        # The batch's pace so far: right for one worker or many.
+        eta = (time.perf_counter() - self.started_at) / self.ended * left
         self.emit(JobEnded(outcome.name, outcome.status, outcome.seconds, outcome.evaluations, outcome.error,
                            counts[JobStatus.FINISHED.value], counts[JobStatus.FAILED.value],
                            len(self.state.entries), eta))
@@ -196,11 +200,6 @@ class _Driver:
         for name in self.running:
             self.state.entries[name].status = JobStatus.INTERRUPTED.value
         self.state.save()
-
-
-def _output_of(state: BatchState, name: str) -> tuple[str, str]:
-    output = state.path.parent / name
-    return str(output), str(output.with_suffix(".json"))
 
 
 class LocalRunner:

@@ -223,8 +223,8 @@ class Engine:
         no output written; snapshots and checkpoint kept). ``resume``: continue the run
         whose checkpoint is beside ``output`` (same config, same input files) from its
         last finished iteration, to the same iteration count as a run never stopped.
-        The record is written once the run started (its first ``Prepared`` event, or a
-        resumed checkpoint). Errors raise an EngineError (record ``failed`` with the message; a non-finite
+        The record is written once the run started (its first ``Prepared`` event).
+        Errors raise an EngineError (record ``failed`` with the message; a non-finite
         loss keeps the last finite image as the output); KeyboardInterrupt (Ctrl-C,
         SIGTERM through engine.run.signals) is recorded ``interrupted`` and raised again.
         Everything the caller can get wrong is refused before any work.
@@ -250,13 +250,15 @@ class Engine:
         if self.provider is not Provider.CUDA:  # host memory; a GPU's is not known before its session
             check_memory(cfg, *sizes_for(cfg, content_image.size, sizes[-1])[1])
         if output is not None:
-            check_not_inputs(_run_files(output, sum(per_scale)), _inputs(cfg, content, sources))
+            files = _run_files(output, sum(per_scale))
+            check_not_inputs(files, _inputs(cfg, content, sources))
         graphs = self.graphs(cfg)
         plan = _Plan(cfg, content_image, style_images, sizes, per_scale, output)
-        with OutputLock(output) if output is not None else nullcontext():
+        with OutputLock(output) if output is not None else nullcontext() as lock:
             state = None
             fingerprint = None
             if output is not None:
+                lock.remove_stale_temp_files({path.name for path in files.values()})
                 weights = graphs.model_metadata.get("weights_sha256")
                 fingerprint = checkpoints.fingerprint(cfg, content, sources, weights)
                 if resume:
@@ -317,6 +319,7 @@ class _Run:
             status = RunStatus.INTERRUPTED
             raise
         except NonFiniteError as exc:
+            error = str(exc)
             error = self._keep_last_finite(exc)
             raise NonFiniteError(error) from None
         except EngineError as exc:
@@ -328,7 +331,7 @@ class _Run:
         finally:
             self.result.seconds = time.perf_counter() - self.started
             self.result.status = status.value
-            if self.output is not None and (self.problems or self.state):  # it started: a record says how it ended
+            if self.output is not None and self.problems:  # it started: a record says how it ended
                 self._end(status, error, failing)
         return self.result
 
@@ -365,16 +368,21 @@ class _Run:
             if done < iterations:
                 x = self._optimise(problem, x, index, done, iterations)
             self._save_checkpoint(problem, x, index, iterations, complete=True)
-        last = self.problems[-1]
-        self.result.image = last.to_image(x)
+        self._write_output(self.problems[-1], x)
         if self.output is not None:
-            if cfg.bit_depth == 16:
-                visuals.save_image16(last.to_rgb(x), self.output)
-            else:
-                images.save_image(self.result.image, self.output)
-            self.files.append(self.output)
-            self.result.output = self.output
             self._visual_records()
+
+    def _write_output(self, problem: Problem, x: np.ndarray) -> None:
+        """The result's image from x, and the output file when there is one."""
+        self.result.image = problem.to_image(x)
+        if self.output is None:
+            return
+        if self.cfg.bit_depth == 16:
+            visuals.save_image16(problem.to_rgb(x), self.output)
+        else:
+            images.save_image(self.result.image, self.output)
+        self.files.append(self.output)
+        self.result.output = self.output
 
     def _optimise(self, problem: Problem, x: np.ndarray, index: int, done: int, iterations: int) -> np.ndarray:
         cfg, output = self.cfg, self.output
@@ -419,14 +427,9 @@ class _Run:
                    "(NaN or infinity), the run stopped")
         problem = self.problems[-1] if self.problems else None
         if problem is None or problem.last_finite is None:
-            return message + "; no finite image to keep: try smaller weights, --clip-pixels or another --init"
-        self.result.image = problem.to_image(problem.last_finite)
-        if self.output is None:
-            return message + "; the result holds the last finite image"
-        images.save_image(self.result.image, self.output)
-        self.files.append(self.output)
-        self.result.output = self.output
-        return message + f"; the last finite image is {self.output}"
+            return message + ": try smaller weights, --clip-pixels or another --init"
+        self._write_output(problem, problem.last_finite)
+        return message + (f"; the last finite image is {self.output}" if self.output else "")
 
     def _visual_records(self) -> None:
         cfg, output, its = self.cfg, self.output, self.result.iterations

@@ -4,7 +4,8 @@ A run with an output takes ``<output>.lock`` (created with O_EXCL, holding its h
 and process id) before it writes anything and removes it when it ends, however it
 ends. A second run on the same output while the first holds it is refused with one
 line (it does not wait). A lock left by a process that died (kill -9, a crash) on this
-host is taken over; one from another host must be removed by hand.
+host is taken over; one from another host must be removed by hand. Holding the lock,
+a run removes the temp files that a killed run on the same output left behind.
 """
 from __future__ import annotations
 
@@ -76,6 +77,13 @@ class OutputLock:
         except PermissionError:
             return False
         return False
+
+    def remove_stale_temp_files(self, names: set[str]) -> None:
+        """Remove the atomic writers' temp files (``.<name>.<random>.tmp<suffix>``) of these file names."""
+        for path in self.output.parent.glob(".*.tmp*"):
+            name = path.name[1:].rsplit(".tmp", 1)[0].rsplit(".", 1)[0]
+            if name in names:
+                path.unlink(missing_ok=True)
 
     def __exit__(self, *exc) -> None:
         self.path.unlink(missing_ok=True)

@@ -18,8 +18,8 @@ class Problem:
     ``loss_and_grad(x)`` takes x (1, 3, H, W) or flat, in the seed's convention
     (BGR, mean subtracted, 0-255), and returns the total loss and dloss/dx with
     x's shape, as float64 for scipy. One graph run per call. Any other shape
-    (an (H, W, 3) or (1, H, W, 3) image included) is a RunError, and so is a loss or
-    gradient that is not finite (``last_finite`` then holds the last x whose were).
+    (an (H, W, 3) or (1, H, W, 3) image included) is a RunError; a loss or gradient
+    that is not finite is a NonFiniteError (``last_finite``: the last x whose were finite).
     A Problem belongs to one run: it holds that run's buffers, so one thread at a time.
     """
 
