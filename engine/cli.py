@@ -199,7 +199,8 @@ def batch(
         help="CSV or JSON Lines file, one job a row: content, style, optional output and any stylize option.",
         show_default=False)] = None,
     out_dir: Annotated[Path, typer.Option(
-        "--out-dir", "-o", help="Folder of the outputs and of batch.json (required).", show_default=False)] = ...,
+        "--out-dir", "-o", help="Folder of the outputs and of batch.json (required).", show_default=False,
+        rich_help_panel="Output and records")] = ...,
     contents: Annotated[Optional[str], typer.Option(
         help="Instead of JOBS: a folder or glob of content images, each run with every style.",
         rich_help_panel="Beyond the seed")] = None,
@@ -210,9 +211,10 @@ def batch(
         rich_help_panel="Seed parameters")] = None,
     size: Annotated[int, typer.Option(
         help="Longest edge in px of jobs that set none; 0 keeps each content's size (default: 512).",
-        rich_help_panel="Seed parameters")] = 512,
+        show_default=False, rich_help_panel="Seed parameters")] = 512,
     iterations: Annotated[Optional[int], typer.Option(
-        help="Iterations of jobs that set none (default: 50, or the preset's).", rich_help_panel="Seed parameters")] = None,
+        help="Iterations of jobs that set none (default: 50, or the preset's).",
+        rich_help_panel="Seed parameters")] = None,
     seed: Annotated[Optional[int], typer.Option(
         help="Seed of the start noise of jobs that set none (default: 0).", rich_help_panel="Seed parameters")] = None,
     save_every: Annotated[Optional[int], typer.Option(
@@ -220,28 +222,32 @@ def batch(
         rich_help_panel="Output and records")] = None,
     ray: Annotated[bool, typer.Option(
         "--ray", help="Run the jobs on Ray actors, one engine each (needs the ray extra; default: this process).",
-        rich_help_panel="Runtime")] = False,
+        show_default=False, rich_help_panel="Runtime")] = False,
     ray_address: Annotated[Optional[str], typer.Option(
         help="With --ray: auto, or a cluster address such as ray://head:10001 (default: start a local cluster).",
         rich_help_panel="Runtime")] = None,
     cpus_per_job: Annotated[float, typer.Option(
-        help="With --ray: CPUs each worker reserves (default: 1).", rich_help_panel="Runtime")] = 1.0,
+        help="With --ray: CPUs each worker reserves (default: 1).",
+        show_default=False, rich_help_panel="Runtime")] = 1.0,
     gpus_per_job: Annotated[float, typer.Option(
-        help="With --ray: GPUs each worker reserves (default: 0).", rich_help_panel="Runtime")] = 0.0,
+        help="With --ray: GPUs each worker reserves (default: 0).",
+        show_default=False, rich_help_panel="Runtime")] = 0.0,
     workers: Annotated[Optional[int], typer.Option(
-        help="With --ray: number of workers (default: as many as the cluster holds).", rich_help_panel="Runtime")] = None,
+        help="With --ray: number of workers (default: as many as the cluster holds).",
+        rich_help_panel="Runtime")] = None,
     retries: Annotated[int, typer.Option(
-        help="With --ray: tries more of a job whose worker died (default: 2).", rich_help_panel="Runtime")] = 2,
+        help="With --ray: tries more of a job whose worker died (default: 2).",
+        show_default=False, rich_help_panel="Runtime")] = 2,
     scratch: Annotated[Optional[str], typer.Option(
         help="With --ray: the workers' scratch folder, shared to resume on any node (default: each node's temp).",
         rich_help_panel="Runtime")] = None,
     provider: Annotated[Provider, typer.Option(
-        help="Execution provider (default: auto).", rich_help_panel="Runtime")] = Provider.AUTO,
+        help="Execution provider (default: auto).", show_default=False, rich_help_panel="Runtime")] = Provider.AUTO,
     threads: Annotated[Optional[int], typer.Option(
         help="CPU threads for ONNX Runtime per engine (default: all cores).", rich_help_panel="Runtime")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Print only the path of batch.json (default: progress).",
-        rich_help_panel="Output and records")] = False,
+        show_default=False, rich_help_panel="Output and records")] = False,
     models_dir: ModelsDir = None,
 ):
     """Run many stylize jobs (a JOBS file, or --contents x --styles); a re-run skips finished ones and resumes."""
@@ -288,7 +294,8 @@ class BatchProgress:
         if isinstance(event, BatchStarted):
             skipped = f", {event.skipped} finished before" if event.skipped else ""
             resumed = f", {event.resumed} to resume" if event.resumed else ""
-            typer.echo(f"{event.total} jobs{skipped}{resumed}: {event.to_run} to run", err=True)
+            typer.echo(f"{event.total} job{'s' if event.total != 1 else ''}{skipped}{resumed}: {event.to_run} to run",
+                       err=True)
         elif isinstance(event, JobStarted):
             how = "resuming" if event.resume else "starting"
             typer.echo(f"[{event.number}/{event.to_run}] {how} {event.name} on {event.worker}", err=True)

@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..io.files import atomic_write_bytes
 from ..run.engine import Engine
+from ..run.outputs import lock_path
 from ..run.records import checkpoint_path, record_path
 from .runner import Outcome, Reporter, Work, run_job
 from .state import JobStatus
@@ -189,8 +190,9 @@ class _Worker:
         resume = checkpoint_path(output).is_file()
         outcome = run_job(self.engine, Work(replace(job, config=config), resume), None, None, output,
                           (paths[0], paths[1:1 + len(job.styles)]))
-        files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file() and not p.name.startswith(".")
-                 and p != checkpoint_path(output)} if out.is_dir() else {}
+        kept = (checkpoint_path(output), lock_path(output))  # the worker's own, for a retry here
+        files = {p.name: p.read_bytes() for p in sorted(out.iterdir())
+                 if p.is_file() and not p.name.startswith(".") and p not in kept} if out.is_dir() else {}
         if outcome.status == JobStatus.FINISHED.value:
             shutil.rmtree(folder, ignore_errors=True)
         originals = {str(p): str(o) for p, o in zip(paths, _input_files(item))}

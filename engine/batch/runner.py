@@ -111,8 +111,8 @@ class BatchSummary:
         return self.counts[JobStatus.FINISHED.value] == sum(self.counts.values())
 
 
-def run_batch(jobs: list[Job], out_dir: str | Path, runner: Runner, callback: Callable[[BatchEvent], None] | None = None,
-              cancel=None) -> BatchSummary:
+def run_batch(jobs: list[Job], out_dir: str | Path, runner: Runner,
+              callback: Callable[[BatchEvent], None] | None = None, cancel=None) -> BatchSummary:
     """Run ``jobs`` with ``runner``, recording each in ``out_dir/batch.json``.
 
     Jobs that finished before with the same key (config and input bytes) and whose
@@ -160,7 +160,7 @@ class _Driver:
         self.state, self.emit, self.started_at = state, emit, started
         self.jobs = {item.job.name: item.job for item in work}
         self.numbers: dict[str, int] = {}   # a retried job keeps its number
-        self.ended = 0
+        self.ended_count = 0
         self.running: set[str] = set()
 
     def started(self, work: Work, worker: str) -> None:
@@ -187,11 +187,11 @@ class _Driver:
         entry.record = str(record_path(output)) if record_path(output).is_file() else None
         self.running.discard(outcome.name)
         self.state.save()
-        self.ended += 1
+        self.ended_count += 1
         counts = self.state.counts()
         left = counts[JobStatus.PENDING.value] + counts[JobStatus.RUNNING.value]
         # The batch's pace so far: right for one worker or many.
-        eta = (time.perf_counter() - self.started_at) / self.ended * left
+        eta = (time.perf_counter() - self.started_at) / self.ended_count * left
         self.emit(JobEnded(outcome.name, outcome.status, outcome.seconds, outcome.evaluations, outcome.error,
                            counts[JobStatus.FINISHED.value], counts[JobStatus.FAILED.value],
                            len(self.state.entries), eta))
