@@ -40,3 +40,7 @@ class RunError(EngineError):
 
 class NonFiniteError(RunError):
     """An evaluation gave a loss or gradient that is NaN or infinite."""
+
+
+class GraphCacheError(EngineError):
+    """No folder where a derived graph could be cached is writable."""

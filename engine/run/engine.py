@@ -124,7 +124,7 @@ class Engine:
         cfg = config
         sources = _as_list(style)
         check_styles(cfg, sources)
-        content_image, style_images = load(content), [load(s) for s in sources]
+        content_image, style_images = load(content, cfg, cfg.size), [load(s, cfg, style_fit(cfg)) for s in sources]
         output_size, (width, height) = sizes_for(cfg, content_image.size, size if size is not None else cfg.size)
         colour_source = None
         if cfg.preserve_colors is PreserveColors.HISTOGRAM:
@@ -230,7 +230,7 @@ class Engine:
         Everything the caller can get wrong is refused before any work.
         """
         cfg = config
-        output = Path(output) if output is not None else None
+        output = images.output_path(output) if output is not None else None
         sources = _as_list(style)
         check_styles(cfg, sources)
         if resume and output is None:
@@ -241,7 +241,8 @@ class Engine:
                 raise ConfigError(f"{output}: 16-bit output needs a .png or .tif file")
         if cfg.plot:
             visuals.check_plotting()  # before hours of work, not after
-        content_image, style_images = load(content), [load(s) for s in sources]  # loaded once per run
+        # Loaded once per run.
+        content_image, style_images = load(content, cfg, cfg.size), [load(s, cfg, style_fit(cfg)) for s in sources]
         sizes = scale_sizes(cfg, content_image.size)
         per_scale = cfg.scale_iterations or (cfg.iterations,) * len(sizes)
         if len(per_scale) != len(sizes):
@@ -542,8 +543,16 @@ def _as_list(styles: Styles) -> list[ImageSource]:
     return list(styles) if isinstance(styles, (list, tuple)) else [styles]
 
 
-def load(source: ImageSource) -> Image.Image:
-    return source.convert("RGB") if isinstance(source, Image.Image) else images.load_image(source)
+def load(source: ImageSource, config: TransferConfig, fit: int | None) -> Image.Image:
+    """An image source as RGB; a file is read at no less than ``fit`` px (None: whole)."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    return images.load_image(source, fit, config.max_megapixels)
+
+
+def style_fit(config: TransferConfig) -> int | None:
+    """The longest edge (px) a style image is needed at, at most: the output's times style_scale."""
+    return config.size and math.ceil(config.size * max(1.0, config.style_scale or 1.0))
 
 
 def _name(source: ImageSource) -> str:

@@ -87,7 +87,8 @@ class Problem:
             # With a style_scale the style is fed at its own size; the start needs the working size.
             return style if style.shape == tuple(self.shape) else resize_x(style, self.shape)
         size = (self.shape[3], self.shape[2])
-        return images.preprocess(images.load_image(init), size).astype(np.float64)
+        image = images.load_image(init, max(size), self.config.max_megapixels)
+        return images.preprocess(image, size).astype(np.float64)
 
     def bounds(self) -> list[tuple[float, float]]:
         """Per-pixel box constraints keeping every channel within 0..255 (BGR, mean subtracted)."""
