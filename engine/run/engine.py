@@ -20,7 +20,7 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image
 
-from ..config import Init, PreserveColors, Provider, StyleNormalization, TransferConfig
+from ..config import Init, PreserveColors, Provider, StyleNormalization, TransferConfig, parse_choice
 from ..errors import ConfigError, EngineError, NonFiniteError, RunError
 from ..graph import lossgrad
 from ..io import colors, images, visuals
@@ -62,12 +62,9 @@ class Engine:
 
     def __init__(self, models_dir: str | Path | None = None, provider: Provider | str = Provider.AUTO,
                  threads: int | None = None, tf32: bool = True, cuda_graph: bool = True):
-        try:
-            self.provider = Provider(provider)
-        except ValueError:
-            raise ConfigError(f"provider '{provider}' is not one of {', '.join(p.value for p in Provider)}") from None
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads must be at least 1 (or None for all cores), got {threads}")
+        self.provider = parse_choice(Provider, "provider", provider)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be a whole number >= 1 (or None for all cores), got {threads!r}")
         self.models_dir = models_dir
         self.threads = threads
         self.tf32 = tf32
