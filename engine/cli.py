@@ -282,62 +282,59 @@ def stylize(
     typer.echo(str(result.output))
 
 
-@app.command()
+_BATCH_EXAMPLES = """Examples:
+
+  nst batch jobs.csv -o out/
+
+  nst batch --contents photos/ --styles 'paintings/*.jpg' -o out/ --preset starry_tubingen --size 384
+
+  nst batch jobs.jsonl -o out/ --ray --ray-address auto --cpus-per-job 4
+"""
+
+
+@app.command(cls=Command, epilog=_BATCH_EXAMPLES)
 @user_errors
 def batch(
     jobs: Annotated[Optional[Path], typer.Argument(
-        help="CSV or JSON Lines file, one job a row: content, style, optional output and any stylize option.",
-        show_default=False)] = None,
-    out_dir: Annotated[Path, typer.Option(
-        "--out-dir", "-o", help="Folder of the outputs and of batch.json (required).", show_default=False,
-        rich_help_panel="Output and records")] = ...,
-    contents: Annotated[Optional[str], typer.Option(
-        help="Instead of JOBS: a folder or glob of content images, each run with every style.",
-        rich_help_panel="Beyond the seed")] = None,
-    styles: Annotated[Optional[str], typer.Option(
-        help="With --contents: a folder or glob of style images.", rich_help_panel="Beyond the seed")] = None,
-    preset: Annotated[Optional[str], typer.Option(
-        help=f"Parameter set of every job without its own: {', '.join(PRESETS)} (default: none).",
-        rich_help_panel="Seed parameters")] = None,
-    size: Annotated[int, typer.Option(
-        help="Longest edge in px of jobs that set none; 0 keeps each content's size (default: 512).",
-        show_default=False, rich_help_panel="Seed parameters")] = 512,
-    iterations: Annotated[Optional[int], typer.Option(
-        help="Iterations of jobs that set none (default: 50, or the preset's).",
-        rich_help_panel="Seed parameters")] = None,
-    seed: Annotated[Optional[int], typer.Option(
-        help="Seed of the start noise of jobs that set none (default: 0).", rich_help_panel="Seed parameters")] = None,
-    save_every: Annotated[Optional[int], typer.Option(
-        help="Snapshots every N iterations for jobs that set none, 0 for none (default: 1).",
-        rich_help_panel="Output and records")] = None,
-    ray: Annotated[bool, typer.Option(
-        "--ray", help="Run the jobs on Ray actors, one engine each (needs the ray extra; default: this process).",
-        show_default=False, rich_help_panel="Runtime")] = False,
-    ray_address: Annotated[Optional[str], typer.Option(
-        help="With --ray: auto, or a cluster address such as ray://head:10001 (default: start a local cluster).",
-        rich_help_panel="Runtime")] = None,
-    cpus_per_job: Annotated[float, typer.Option(
-        help="With --ray: CPUs each worker reserves (default: 1).",
-        show_default=False, rich_help_panel="Runtime")] = 1.0,
-    gpus_per_job: Annotated[float, typer.Option(
-        help="With --ray: GPUs each worker reserves (default: 0).",
-        show_default=False, rich_help_panel="Runtime")] = 0.0,
-    workers: Annotated[Optional[int], typer.Option(
-        help="With --ray: number of workers (default: as many as the cluster holds).",
-        rich_help_panel="Runtime")] = None,
-    retries: Annotated[int, typer.Option(
-        help="With --ray: tries more of a job whose worker died (default: 2).",
-        show_default=False, rich_help_panel="Runtime")] = 2,
-    scratch: Annotated[Optional[str], typer.Option(
-        help="With --ray: the workers' scratch folder, shared to resume on any node (default: each node's temp).",
-        rich_help_panel="Runtime")] = None,
-    provider: Annotated[Provider, typer.Option(
-        help="Execution provider (default: auto).", show_default=False, rich_help_panel="Runtime")] = Provider.AUTO,
-    threads: Annotated[Optional[int], typer.Option(
-        help="CPU threads for ONNX Runtime per engine (default: all cores).", rich_help_panel="Runtime")] = None,
-    quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="Print only the path of batch.json (default: progress).",
-        show_default=False, rich_help_panel="Output and records")] = False,
+        metavar="JOBS", show_default=False,
+        help="CSV or JSON Lines file, one job a row: content, style, optional output and any stylize option.")] = None,
+    out_dir: Annotated[Path, _opt(OUTPUT, "Folder of the outputs and of batch.json. Required.",
+                                  "--out-dir", "-o")] = ...,
+    contents: Annotated[Optional[str], _opt(
+        BEYOND, "Instead of JOBS: a folder or glob of content images, each run with every style (default: none).")]
+    = None,
+    styles: Annotated[Optional[str], _opt(
+        BEYOND, "With --contents: a folder or glob of style images (default: none).")] = None,
+    preset: Annotated[Optional[str], _opt(
+        SEED, f"Parameter set of the jobs that name none: {', '.join(PRESETS)} (default: none).")] = None,
+    size: Annotated[int, _opt(SEED, "Longest edge in px of the jobs that set none; 0 keeps each content's size "
+                              "(default: 512).")] = 512,
+    iterations: Annotated[Optional[int], _opt(
+        SEED, f"Iterations of the jobs that set none {_default('iterations')}")] = None,
+    seed: Annotated[Optional[int], _opt(SEED, f"Seed of the start noise of the jobs that set none {_default('seed')}")]
+    = None,
+    save_every: Annotated[Optional[int], _opt(
+        OUTPUT, f"Snapshot every N iterations in the jobs that set none, 0 for none {_default('save_every')}")]
+    = None,
+    quiet: Annotated[bool, _opt(OUTPUT, "Print only the path of batch.json (default: off).", "--quiet", "-q")]
+    = False,
+    ray: Annotated[bool, _opt(RUNTIME, "Run the jobs on Ray actors, each holding one engine; needs the ray extra "
+                              "(default: off, one engine in this process).", "--ray")] = False,
+    ray_address: Annotated[Optional[str], _opt(
+        RUNTIME, "With --ray: auto, or a cluster address such as ray://head:10001 "
+                 "(default: none, start a local cluster).")] = None,
+    cpus_per_job: Annotated[float, _opt(RUNTIME, "With --ray: CPUs each worker reserves (default: 1).")] = 1.0,
+    gpus_per_job: Annotated[float, _opt(RUNTIME, "With --ray: GPUs each worker reserves (default: 0).")] = 0.0,
+    workers: Annotated[Optional[int], _opt(
+        RUNTIME, "With --ray: number of workers (default: as many as the cluster's resources hold).")] = None,
+    retries: Annotated[int, _opt(RUNTIME, "With --ray: more tries of a job whose worker died (default: 2).")] = 2,
+    scratch: Annotated[Optional[str], _opt(
+        RUNTIME, "With --ray: the workers' scratch folder; a shared one lets a retry resume on any node "
+                 "(default: each node's temp folder).")] = None,
+    provider: Annotated[Provider, _opt(RUNTIME, "Execution provider: auto takes CUDA when it starts "
+                                       "(default: auto).")] = Provider.AUTO,
+    threads: Annotated[Optional[int], _opt(
+        RUNTIME, "CPU threads for ONNX Runtime, per engine (default: all cores).")] = None,
     models_dir: ModelsDir = None,
 ):
     """Run many stylize jobs (a JOBS file, or --contents x --styles); a re-run skips finished ones and resumes."""
