@@ -13,7 +13,7 @@ import importlib
 # `nst` has its signal handlers in place before onnxruntime and scipy load (engine.run.signals).
 _PUBLIC = {
     ".config": ("Pooling", "Provider", "TransferConfig"),
-    ".errors": ("ConfigError", "EngineError", "ImageError", "MemoryLimitError", "GraphCacheError", "ModelFileError",
+    ".errors": ("ConfigError", "EngineError", "GraphCacheError", "ImageError", "MemoryLimitError", "ModelFileError",
                 "ModelNotFoundError", "NonFiniteError", "ProviderError", "RunError", "WeightsError"),
     ".models.export": ("export_model",),
     ".models.weights": ("VGGWeights", "load_weights"),

@@ -20,6 +20,7 @@ from .models.export import export_model, model_metadata, read_feature_model
 from .models.integrity import verified
 from .models.store import search_dirs
 from .presets import PRESETS, preset_config
+from .run import signals
 from .run.records import record_path
 from .run.transfer import StyleTransfer
 from .runtime.sessions import probe_provider, versions
@@ -28,7 +29,6 @@ from .batch.ray_runner import RayRunner
 from .batch.runner import (BatchEnded, BatchStarted, JobEnded, JobProgress, JobStarted, LocalRunner,
                            run_batch)
 from .batch.state import STATE_NAME
-from .run import signals
 from .run.engine import Engine
 from .run.events import IterationDone
 
@@ -234,8 +234,8 @@ def stylize(
     save_every: Annotated[Optional[int], _opt(
         OUTPUT, f"Snapshot every N iterations, 0 for none {_default('save_every')}")] = None,
     quiet: Annotated[bool, _opt(OUTPUT, "Print only the result's path (default: off).", "--quiet", "-q")] = False,
-    resume: Annotated[bool, _opt(OUTPUT, "Continue the stopped run on this output from its checkpoint, with the same "
-                                 "arguments (default: off, start over).", "--resume")] = False,
+    resume: Annotated[bool, _opt(OUTPUT, "Continue the stopped run on this output from its checkpoint, with the "
+                                 "same arguments (default: off, start over).", "--resume")] = False,
     max_megapixels: Annotated[Optional[float], _opt(
         RUNTIME, f"Refuse input images larger than this many megapixels {_default('max_megapixels', False)}")] = None,
     provider: Annotated[Provider, _opt(RUNTIME, "Execution provider: auto takes CUDA when it starts (default: auto).")]
@@ -274,9 +274,10 @@ def stylize(
         except KeyboardInterrupt:
             display.close()
             last = display.last_snapshot
-            typer.secho(f"interrupted: {'last snapshot ' + str(last) + ', ' if last else ''}"
-                        f"record {record_path(output_path(output))}, --resume continues", err=True,
-                        fg=typer.colors.YELLOW)
+            record = (f"record {record_path(output_path(output))}, --resume continues" if display.prepared
+                      else "nothing written")
+            typer.secho(f"interrupted: {'last snapshot ' + str(last) + ', ' if last else ''}{record}",
+                        err=True, fg=typer.colors.YELLOW)
             raise typer.Exit(signals.exit_status()) from None
         display.summary(result)
     typer.echo(str(result.output))

@@ -78,6 +78,9 @@ def test_continuous_mode_resumes_to_the_same_iteration_count(eng, tmp_path):
 
 def test_resuming_a_finished_run_is_refused(eng, tmp_path):
     eng.run(tiny_config(), CONTENT, STYLE, tmp_path / "cat.png")
+    with pytest.raises(RunError, match="nothing to resume: the run on .*cat.png finished"):
+        eng.run(tiny_config(), CONTENT, STYLE, tmp_path / "cat.png", resume=True)
+    (tmp_path / "cat.json").unlink()
     with pytest.raises(RunError, match="nothing to resume: no checkpoint .*cat_checkpoint.npz"):
         eng.run(tiny_config(), CONTENT, STYLE, tmp_path / "cat.png", resume=True)
 

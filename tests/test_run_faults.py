@@ -187,3 +187,13 @@ def test_loss_and_grad_refuses_another_layout_naming_the_expected_one(eng, shape
     assert f"got shape {bad.shape}" in str(error.value) and problem.evaluations == 0
     loss, grad = problem.loss_and_grad(x.ravel())   # flat of the right size is fine
     assert np.isfinite(loss) and grad.shape == (x.size,)
+
+
+def test_a_record_lists_exactly_the_files_its_run_wrote(eng, tmp_path):
+    (tmp_path / "cat_at_iteration_3.png").write_bytes(b"an older run's snapshot, not this one's")
+    eng.run(tiny_config(iterations=2, save_every=1, sheet=True, gif=True), CONTENT, STYLE, tmp_path / "cat.png")
+    record = json.loads((tmp_path / "cat.json").read_text())
+    assert record["files"] == [str(tmp_path / n) for n in ("cat_at_iteration_1.png", "cat_at_iteration_2.png",
+                                                           "cat.png", "cat_sheet.png", "cat.gif")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [Path(f).name for f in record["files"]] + ["cat.json", "cat_at_iteration_3.png"])

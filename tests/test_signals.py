@@ -69,17 +69,20 @@ def test_sigterm_is_handled_like_ctrl_c_and_the_run_resumes(tmp_path, models_dir
     done = len(record["iterations"])
     assert record["status"] == "interrupted" and record["output"] is None and done >= 2
     assert record["checkpoint"] == str(tmp_path / "cat_checkpoint.npz")
-    assert names(tmp_path) == sorted(["cat.json", "cat_checkpoint.npz"]
-                                     + [f"cat_at_iteration_{n}.png" for n in range(1, done + 1)])
+    # The signal may land between an iteration's snapshot and its end: the record lists that file too.
+    snapshots = [f"cat_at_iteration_{n}.png" for n in range(1, done + 1)]
+    assert [Path(f).name for f in record["files"]][:done] == snapshots and len(record["files"]) <= done + 1
+    assert names(tmp_path) == sorted(["cat.json", "cat_checkpoint.npz"] + [Path(f).name for f in record["files"]])
     resumed = CliRunner().invoke(app, args(output, models_dir) + ["--resume"])
     assert resumed.exit_code == 0, resumed.output
     record = json.loads((tmp_path / "cat.json").read_text())
     assert record["status"] == "finished" and [it["iteration"] for it in record["iterations"]] == list(range(1, 13))
 
 
-def test_ctrl_c_while_importing_exits_130_without_a_traceback(tmp_path, models_dir):
+@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5])
+def test_ctrl_c_while_importing_exits_130_without_a_traceback(tmp_path, models_dir, delay):
     process = start(tmp_path / "cat.png", models_dir)
-    time.sleep(0.5)   # the interpreter is up, the engine's imports (onnxruntime, scipy: seconds) are not done
+    time.sleep(delay)   # the interpreter is up, the engine's imports (onnxruntime, scipy: seconds) are not done
     process.send_signal(signal.SIGINT)
     code, stderr = finish(process)
     assert code == 130, stderr
@@ -96,7 +99,8 @@ def test_a_second_ctrl_c_exits_at_once_and_quietly(tmp_path, models_dir):
     code, stderr = finish(process)
     assert code == 130, stderr
     assert "Traceback" not in stderr
-    assert not [n for n in names(tmp_path) if n.startswith(".") and ".tmp" in n and n.endswith(".json")]
+    if (tmp_path / "cat.json").exists():   # whole, if the first interrupt got to write it (atomic writes)
+        assert json.loads((tmp_path / "cat.json").read_text())["status"] == "interrupted"
 
 
 def test_kill_9_loses_at_most_the_iteration_in_progress(tmp_path, models_dir):

@@ -8,6 +8,7 @@ session and builds no graph.
 """
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -52,7 +53,8 @@ class Engine:
     as one captured CUDA graph.
 
     Threads: ``run`` and ``prepare`` may be called from several threads at once. The
-    caches are guarded by a lock (a graph is built, a session opened, once); an
+    caches are guarded by locks (each graph is built, each session opened, once; two
+    different ones may be opened at the same time); an
     ONNX Runtime session may run from several threads, and each run binds its own
     buffers (its own IO binding), so runs do not see each other's images. A captured
     CUDA graph holds its run's buffer addresses: with ``cuda_graph`` on CUDA, each
@@ -69,45 +71,51 @@ class Engine:
         self.threads = threads
         self.tf32 = tf32
         self.cuda_graph = cuda_graph
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()            # guards the caches below and _making
+        self._making: dict[tuple, threading.Lock] = {}   # one lock per thing being found, built or opened
         self._models: dict[str, Path] = {}
         self._graphs: dict[tuple, lossgrad.Graphs] = {}
         self._sessions: dict[tuple, object] = {}
 
     # -- what lives long ------------------------------------------------------------------
 
+    def _once(self, cache: dict, key, make, keep=lambda value: True):
+        """``cache[key]``, made by ``make()`` once: other keys are made meanwhile, the same key waits."""
+        with self._lock:
+            if key in cache:
+                return cache[key]
+            making = self._making.setdefault((id(cache), key), threading.Lock())
+        with making:
+            with self._lock:
+                if key in cache:
+                    return cache[key]
+            value = make()
+            if keep(value):
+                with self._lock:
+                    cache[key] = value
+            return value
+
     def model(self, convnet: str) -> Path:
         """The exported feature graph of ``convnet``, found once."""
-        with self._lock:
-            if convnet not in self._models:
-                self._models[convnet] = find_model(convnet, self.models_dir)
-            return self._models[convnet]
+        return self._once(self._models, convnet, lambda: find_model(convnet, self.models_dir))
 
     def graphs(self, config: TransferConfig) -> lossgrad.Graphs:
         """The targets and loss graphs of the config's model and layer choice, found (or built) once."""
         choice = lossgrad.LayerChoice(config.content_layer, config.style_layers, config.pooling.value)
         model = self.model(config.convnet)
-        with self._lock:
-            if (model, choice) not in self._graphs:
-                self._graphs[(model, choice)] = lossgrad.graph_paths(model, choice)
-            return self._graphs[(model, choice)]
+        return self._once(self._graphs, (model, choice), lambda: lossgrad.graph_paths(model, choice))
 
     def _session(self, kind: str, config: TransferConfig):
         """A session on the model ("features") or one of its graphs, opened once per engine (a
         loss session that captures a CUDA graph: once per run, see the class docstring)."""
         graphs = self.graphs(config)
         source = {"features": self.model(config.convnet), "targets": graphs.targets, "loss": graphs.loss}[kind]
-        key = (kind, source)
-        with self._lock:
-            if key in self._sessions:
-                return self._sessions[key]
-            capture = self.cuda_graph and kind == "loss"
-            # The targets' sessions run once per image: no arena keeps their activations for the engine's life.
-            session = create_session(source, self.provider, self.threads, cuda_options(self.tf32, capture),
-                                     arena=kind == "loss")
-            if not (capture and session.get_providers()[0] == CUDA):
-                self._sessions[key] = session
-            return session
+        capture = self.cuda_graph and kind == "loss"
+        # The targets' sessions run once per image: no arena keeps their activations for the engine's life.
+        return self._once(self._sessions, (kind, source),
+                          lambda: create_session(source, self.provider, self.threads, cuda_options(self.tf32, capture),
+                                                 arena=kind == "loss"),
+                          keep=lambda session: not (capture and session.get_providers()[0] == CUDA))
 
     # -- one problem ------------------------------------------------------------------------
 
@@ -121,7 +129,7 @@ class Engine:
         cfg = config
         sources = _as_list(style)
         check_styles(cfg, sources)
-        content_image, style_images = load(content, cfg, cfg.size), [load(s, cfg, style_fit(cfg)) for s in sources]
+        content_image, style_images = load(content, cfg, cfg.size), [load(s, cfg, _style_fit(cfg)) for s in sources]
         output_size, (width, height) = sizes_for(cfg, content_image.size, size if size is not None else cfg.size)
         colour_source = None
         if cfg.preserve_colors is PreserveColors.HISTOGRAM:
@@ -238,8 +246,9 @@ class Engine:
                 raise ConfigError(f"{output}: 16-bit output needs a .png or .tif file")
         if cfg.plot:
             visuals.check_plotting()  # before hours of work, not after
-        # Loaded once per run.
-        content_image, style_images = load(content, cfg, cfg.size), [load(s, cfg, style_fit(cfg)) for s in sources]
+        # Loaded once per run, at no less than the largest scale's size.
+        content_image = load(content, cfg, cfg.size)
+        style_images = [load(s, cfg, _style_fit(cfg)) for s in sources]
         sizes = scale_sizes(cfg, content_image.size)
         per_scale = cfg.scale_iterations or (cfg.iterations,) * len(sizes)
         if len(per_scale) != len(sizes):
@@ -260,6 +269,9 @@ class Engine:
                 weights = graphs.model_metadata.get("weights_sha256")
                 fingerprint = checkpoints.fingerprint(cfg, content, sources, weights)
                 if resume:
+                    if not checkpoint_path(output).exists() and _finished(record_path(output)):
+                        raise RunError(f"nothing to resume: the run on {output} finished (its record is "
+                                       f"{record_path(output)}); run without --resume to make it again")
                     state = checkpoints.load(checkpoint_path(output), fingerprint)
                     if not 0 <= state.scale < len(sizes):
                         raise RunError(f"cannot resume: the checkpoint {checkpoint_path(output)} is damaged; "
@@ -547,13 +559,20 @@ def load(source: ImageSource, config: TransferConfig, fit: int | None) -> Image.
     return images.load_image(source, fit, config.max_megapixels)
 
 
-def style_fit(config: TransferConfig) -> int | None:
+def _style_fit(config: TransferConfig) -> int | None:
     """The longest edge (px) a style image is needed at, at most: the output's times style_scale."""
     return config.size and math.ceil(config.size * max(1.0, config.style_scale or 1.0))
 
 
 def _name(source: ImageSource) -> str:
     return "<image>" if isinstance(source, Image.Image) else str(source)
+
+
+def _finished(record: Path) -> bool:
+    try:
+        return json.loads(record.read_text()).get("status") == RunStatus.FINISHED.value
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _run_files(output: Path, iterations: int) -> dict[str, Path]:

@@ -10,9 +10,11 @@ library, so it is in place before the heavy imports start.
 """
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
+from contextlib import redirect_stderr
 from typing import Callable
 
 _received: list[int] = []
@@ -41,11 +43,20 @@ def main(entry: Callable[[], Callable[[], None]]) -> None:
 
     A KeyboardInterrupt that escapes the command exits with ``exit_status()`` and no traceback,
     and so does any error after a signal: an interrupt inside an extension's import comes out
-    as an ImportError (onnxruntime's "import numpy failed").
+    as an ImportError (onnxruntime's "import numpy failed"), after the extension printed the
+    interrupted import's traceback: what the imports print is held back and shown only
+    when no signal came.
     """
     install()
     try:
-        entry()()
+        held = io.StringIO()
+        try:
+            with redirect_stderr(held):
+                command = entry()
+        finally:
+            if not _received:
+                sys.stderr.write(held.getvalue())
+        command()
     except (KeyboardInterrupt, Exception):
         if not _received and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
             raise
