@@ -76,7 +76,8 @@ class RayRunner:
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
         worker_class = ray.remote(_Worker).options(num_cpus=self.cpus, num_gpus=self.gpus)
-        count = min(len(work), self.workers or self._fitting())
+        fits = self._fitting()  # also when --workers is given: an actor that fits nowhere would wait forever
+        count = min(len(work), self.workers or fits)
         inputs: dict[Path, Any] = {}
         for item in work:
             for path in _input_files(item):
