@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import written
-from engine import Engine
+from engine import ConfigError, Engine
 from engine.batch.jobs import read_jobs
 from engine.batch.runner import JobEnded, JobStarted, LocalRunner, run_batch
 from engine.cli import app
@@ -142,3 +142,10 @@ def test_cli_batch_ray_runs_on_the_cluster(cluster, jobs_path, local_out, models
     assert result.stdout.strip() == str(out / "batch.json")
     assert "[1/3] starting a.png on ray pid" in result.stderr and "3 finished" in result.stderr
     np.testing.assert_array_equal(_pixels(out / "sub" / "b.png"), _pixels(local_out / "sub" / "b.png"))
+
+
+def test_a_job_no_node_can_hold_is_refused(cluster, jobs_path, engine_options, tmp_path):
+    runner = RayRunner(gpus_per_job=1, workers=1, engine_options=engine_options)
+    with pytest.raises(ConfigError, match="too few for one job of 1 CPUs and 1 GPUs"):
+        _run(jobs_path, tmp_path / "out", runner, only="a.png")
+    assert not list((tmp_path / "out").glob("*.png"))
