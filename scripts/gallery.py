@@ -231,7 +231,7 @@ def _img(path: Path, prefix: str, alt: str, width: int = 256) -> str:
 def _cell(entry: Entry, done: dict | None, why_not: str | None, prefix: str) -> str:
     title = f"<b>{_html(entry.title)}</b><br>{_html(entry.caption)}"
     if done is None:
-        return f"<td>{title}<br><i>not made: {_html(why_not or 'not run yet')}</i></td>"
+        return f"<td>{title}<br><i>not made: {_html(why_not or 'not run yet, `make gallery` makes it')}</i></td>"
     shown = GALLERY / f"{entry.name}_2x2.jpg" if entry.tile_preview else entry.output
     numbers = (f"{done['seconds']:.0f} s on {done['cores']} cores, load {done['load_mean']:.1f} "
                f"(max {done['load_max']:.1f})" + (f", loss {done['loss']:.2e}" if done.get("loss") else ""))
