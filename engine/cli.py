@@ -29,11 +29,9 @@ from .run.transfer import StyleTransfer
 from .runtime.sessions import probe_provider, versions
 from .batch.jobs import cross_jobs, read_jobs
 from .batch.ray_runner import RayRunner
-from .batch.runner import (BatchEnded, BatchStarted, JobEnded, JobProgress, JobStarted, LocalRunner,
-                           run_batch)
+from .batch.runner import LocalRunner, run_batch
 from .batch.state import STATE_NAME
 from .run.engine import Engine
-from .run.events import IterationDone
 
 # The help panels every option sits in (rich_help_panel=).
 SEED = "Seed parameters"
@@ -363,7 +361,8 @@ def batch(
     else:
         runner = LocalRunner(Engine(**engine_options))
     try:
-        summary = run_batch(job_list, out_dir, runner, BatchProgress(quiet))
+        with ProgressDisplay(quiet) as display:
+            summary = run_batch(job_list, out_dir, runner, display)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (engine.run.signals)
         typer.secho(f"interrupted: run the same command again to go on; state {out_dir / STATE_NAME}",
                     err=True, fg=typer.colors.YELLOW)
@@ -371,35 +370,6 @@ def batch(
     typer.echo(str(summary.state))
     if summary.failed:
         raise typer.Exit(1)
-
-
-class BatchProgress:
-    """Renders a batch's events: a line per job started and ended, the running job's iterations."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-
-    def __call__(self, event) -> None:
-        if self.quiet:
-            return
-        if isinstance(event, BatchStarted):
-            skipped = f", {event.skipped} finished before" if event.skipped else ""
-            resumed = f", {event.resumed} to resume" if event.resumed else ""
-            typer.echo(f"{event.total} job{'s' if event.total != 1 else ''}{skipped}{resumed}: {event.to_run} to run",
-                       err=True)
-        elif isinstance(event, JobStarted):
-            how = "resuming" if event.resume else "starting"
-            typer.echo(f"[{event.number}/{event.to_run}] {how} {event.name} on {event.worker}", err=True)
-        elif isinstance(event, JobProgress) and isinstance(event.event, IterationDone):
-            it = event.event
-            typer.echo(f"  {event.name}: iteration {it.iteration}, loss {it.loss:.3e}, {it.seconds:.1f} s", err=True)
-        elif isinstance(event, JobEnded):
-            error = f": {event.error}" if event.error else ""
-            typer.echo(f"{event.name} {event.status} in {event.seconds:.1f} s{error} -- {event.done} done, "
-                       f"{event.failed} failed of {event.total}, eta {event.eta:.0f} s", err=True)
-        elif isinstance(event, BatchEnded):
-            counts = ", ".join(f"{n} {status}" for status, n in event.counts.items() if n)
-            typer.echo(f"batch: {counts} in {event.seconds:.1f} s", err=True)
 
 
 @app.command(cls=Command, epilog="Example: nst info --models-dir exported_models")
