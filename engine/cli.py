@@ -136,6 +136,19 @@ def stylize(
     plot: Annotated[Optional[bool], typer.Option(
         "--plot", help="Also write a loss-curve PNG (needs matplotlib: the 'plot' extra).")] = None,
     bit_depth: Annotated[Optional[int], typer.Option(help="8, or 16 for 16-bit PNG/TIFF output.")] = None,
+    content_masks: Annotated[Optional[str], typer.Option(
+        help="Regions: comma-separated mask images, one per style image, each white (or opaque) where its "
+             "style applies; any size, together covering the image (default: every style everywhere).",
+        rich_help_panel="Beyond the seed")] = None,
+    style_masks: Annotated[Optional[str], typer.Option(
+        help="With --content-masks: comma-separated masks of the part of each style image its style is "
+             "taken from (default: the whole style image).", rich_help_panel="Beyond the seed")] = None,
+    tileable: Annotated[Optional[bool], typer.Option(
+        "--tileable", help="Make the output a seamless tile: the image wraps around like a torus "
+             "(default: off).", rich_help_panel="Beyond the seed")] = None,
+    tile_preview: Annotated[Optional[bool], typer.Option(
+        "--tile-preview", help="Also write <stem>_tiled.png, 2x2 copies of the result, to see its seams "
+             "(default: off).", rich_help_panel="Output and records")] = None,
     provider: Annotated[Provider, typer.Option(help="Execution provider.")] = Provider.AUTO,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for ONNX Runtime (default: all cores).")] = None,
     tf32: Annotated[bool, typer.Option(help="On CUDA, let convolutions use TF32 tensor cores.")] = True,
@@ -157,7 +170,9 @@ def stylize(
         preserve_colors=preserve_colors, style_scale=style_scale, scales=scales, min_size=min_size,
         scale_iterations=_csv(scale_iterations, int, "--scale-iterations"),
         optimizer_mode=optimizer_mode, tol=tol, clip_pixels=clip_pixels,
-        style_normalization=style_normalization, sheet=sheet, gif=gif, plot=plot, bit_depth=bit_depth)
+        style_normalization=style_normalization, sheet=sheet, gif=gif, plot=plot, bit_depth=bit_depth,
+        content_masks=_csv(content_masks), style_masks=_csv(style_masks), tileable=tileable,
+        tile_preview=tile_preview)
     config = preset_config(preset, **settings) if preset else TransferConfig(
         **{k: v for k, v in settings.items() if v is not None or k == "size"})
     progress = Progress(quiet)

@@ -25,6 +25,7 @@ from ..graph import lossgrad
 from ..runtime.memory import check_memory
 from ..models.store import find_model
 from .optimize import optimize
+from . import regions
 from ..runtime.sessions import LossGradEvaluator, create_session, cuda_options, release_freed_memory, versions
 
 ImageSource = Union[str, Path, Image.Image]
@@ -228,7 +229,8 @@ class StyleTransfer:
             model = find_model(cfg.convnet, self.models_dir)
             self._sessions["model"] = model
             self._sessions["graphs"] = lossgrad.graph_paths(
-                model, lossgrad.LayerChoice(cfg.content_layer, cfg.style_layers, cfg.pooling.value))
+                model, lossgrad.LayerChoice(cfg.content_layer, cfg.style_layers, cfg.pooling.value,
+                                            len(cfg.content_masks or ()), cfg.tileable))
         return self._sessions["graphs"]
 
     def _session(self, kind: str):
@@ -266,7 +268,9 @@ class StyleTransfer:
                 f"the image would be {output_size[0]}x{output_size[1]} px, too small for the deepest chosen layer "
                 f"(needs {cfg.min_image_size()} px per side): use a larger --size (or --min-size), "
                 "or shallower layers")
-        return output_size, images.working_size(content_size, max(output_size), cfg.size_multiple())
+        working = images.working_size(content_size, max(output_size), cfg.size_multiple())
+        # A tile resized after the run would no longer wrap exactly: it keeps the working size.
+        return (working if cfg.tileable else output_size), working
 
     def prepare(self, content: ImageSource, style: Styles, size: int | None = None) -> Problem:
         """Load and resize the images, compute the targets, bind the loss-gradient session.
@@ -289,12 +293,14 @@ class StyleTransfer:
 
         content_x = images.preprocess(content_image, (width, height))
         styles_x = [images.preprocess(s, self._style_size(s.size, (width, height))) for s in style_images]
+        masks = regions.load_masks(cfg, (width, height), [(x.shape[3], x.shape[2]) for x in styles_x]) \
+            if cfg.content_masks else None
         self._graphs()  # found (or built) here, not by both threads at once
         with ThreadPoolExecutor(max_workers=1) as pool:
             # ONNX Runtime lets go of the GIL while it opens a session: the loss session starts
             # while the targets are computed (0.1-0.4 s sooner ready at 512 px on 2 cores).
             loss_session = pool.submit(self._session, "loss")
-            content_features, grams, scales = self._targets(content_x, styles_x)
+            content_features, grams, scales = self._targets(content_x, styles_x, masks)
             session = loss_session.result()
 
         constants = {
@@ -303,11 +309,16 @@ class StyleTransfer:
             lossgrad.TV_WEIGHT: np.array(cfg.tv_weight, np.float32),
             **scales,
         }
+        if masks:
+            constants.update(grams.mask_inputs())
         for layer, weight in zip(cfg.style_layers, cfg.style_weights):
             info = vgg.conv_layer(cfg.convnet, layer)
             positions = (width // info.downsampling) * (height // info.downsampling)
             if cfg.style_normalization is StyleNormalization.GATYS:
                 weight *= 1e3 / info.out_channels ** 2
+            if masks:  # guided Grams: a target and a weight per region
+                constants.update(grams.layer_inputs(layer, info.downsampling, weight / len(cfg.style_layers)))
+                continue
             constants[lossgrad.gram_target(layer)] = grams[layer].astype(np.float32)
             # The seed's 1/(4 (h w)^2) per layer and its 1/len(style_layers), folded into one scalar.
             constants[lossgrad.style_weight(layer)] = np.array(
@@ -322,17 +333,25 @@ class StyleTransfer:
             problem.runtime["pool_scales"] = {k: float(v) for k, v in scales.items()}
         return problem
 
-    def _targets(self, content_x: np.ndarray, styles_x: list[np.ndarray]):
-        """The content layer's features, the blended Gram targets, the pool scales. The sessions
-        that compute them are closed after: their weights and activation memory would
-        otherwise sit beside the loss session's for the whole run."""
+    def _targets(self, content_x: np.ndarray, styles_x: list[np.ndarray], masks: regions.Masks | None = None):
+        """The content layer's features, the blended Gram targets (with ``masks``: each region's
+        RegionTargets), the pool scales. The sessions that compute them are closed after: their
+        weights and activation memory would otherwise sit beside the loss session's for the whole run."""
         cfg = self.config
         height, width = content_x.shape[2:]
         try:
             targets = self._session("targets")
             scales = self._pool_scales(content_x)
+            unmasked = {lossgrad.STYLE_MASK: np.ones((1, 1, height, width), np.float32)} if masks else {}
             content_features = targets.run([lossgrad.features_output(cfg.content_layer)],
-                                           {INPUT_NAME: content_x, **scales})[0]
+                                           {INPUT_NAME: content_x, **scales, **unmasked})[0]
+            if masks:
+                def masked_grams(x: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+                    outputs = targets.run([lossgrad.gram_output(l) for l in cfg.style_layers],
+                                          {INPUT_NAME: x, lossgrad.STYLE_MASK: mask, **scales})
+                    return dict(zip(cfg.style_layers, outputs))
+                downsampling = {l: vgg.conv_layer(cfg.convnet, l).downsampling for l in cfg.style_layers}
+                return content_features, regions.region_targets(masks, styles_x, masked_grams, downsampling), scales
             blend = np.asarray(cfg.style_blend or [1.0] * len(styles_x), np.float64)
             blend = blend / blend.sum()
             grams = {layer: 0.0 for layer in cfg.style_layers}
@@ -358,6 +377,7 @@ class StyleTransfer:
         blend = self.config.style_blend
         if not sources:
             raise ConfigError("no style image given")
+        regions.check_count(self.config, len(sources))
         if blend is not None and len(blend) != len(sources):
             raise ConfigError(f"{len(blend)} style blend weights for {len(sources)} style images: "
                               "give one weight per style image")
@@ -410,6 +430,8 @@ class StyleTransfer:
                               f"({', '.join(map(str, sizes))} px): give one per scale")
         if self.provider is not Provider.CUDA:  # host memory; a GPU's is not known before its session
             check_memory(cfg, *self.sizes_for(content_size, sizes[-1])[1])
+        if cfg.content_masks:
+            regions.load_masks(cfg, self.sizes_for(content_size, sizes[-1])[1])
         started = time.perf_counter()
         total = sum(per_scale) * cfg.maxfun
         result = TransferResult(image=np.zeros((0, 0, 3), np.uint8), output=output,
@@ -473,6 +495,8 @@ class StyleTransfer:
             visuals.contact_sheet(shots, output.with_name(f"{output.stem}_sheet.png"), labels=labels)
         if cfg.gif and shots:
             visuals.progress_gif(shots, output.with_name(f"{output.stem}.gif"))
+        if cfg.tile_preview:
+            visuals.tile_mosaic(result.image, output.with_name(f"{output.stem}_tiled.png"))
         if cfg.plot:
             visuals.loss_curve([it.record() for it in result.iterations], output.with_name(f"{output.stem}_loss.png"))
 
