@@ -173,13 +173,15 @@ def assert_graph_matches(model, feeds, terms, grad, style_layers):
     assert ref.relative_l2(outputs["grad"][0], grad) <= GRAD_REL_L2
 
 
-def test_two_region_loss_graph_matches_reference_on_synthetic_vgg(synthetic_weights, synthetic_features):
-    choice = LayerChoice(MIXED.content_layer, MIXED.style_layers, regions=2)
+@pytest.mark.parametrize("tileable", [False, True], ids=["plain", "tileable"])
+def test_two_region_loss_graph_matches_reference_on_synthetic_vgg(synthetic_weights, synthetic_features, tileable):
+    choice = LayerChoice(MIXED.content_layer, MIXED.style_layers, regions=2, tileable=tileable)
     rng = np.random.default_rng(0)
-    x, content, style_a, style_b = (rng.standard_normal((3, 32, 48)) * 50 for _ in range(4))
-    style_masks = [rng.uniform(0, 1, (32, 48)), np.ones((32, 48))]
+    x, content, style_a, style_b = (rng.standard_normal((3, 16, 24)) * 50 for _ in range(4))
+    style_masks = [rng.uniform(0, 1, (16, 24)), np.ones((16, 24))]
     layers = ref.vgg_layers(synthetic_weights.layers)
-    feeds, terms, grad = graph_feeds(choice, layers, x, content, [style_a, style_b], style_masks, soft_split(32, 48))
+    feeds, terms, grad = graph_feeds(choice, layers, x, content, [style_a, style_b], style_masks, soft_split(16, 24),
+                                     wrap=tileable)
     assert_graph_matches(lossgrad.build_loss_graph(synthetic_features, choice), feeds, terms, grad,
                          choice.style_layers)
     assert all(terms[f"style.{layer}"] > 0 for layer in choice.style_layers)
@@ -188,7 +190,7 @@ def test_two_region_loss_graph_matches_reference_on_synthetic_vgg(synthetic_weig
 def test_targets_graph_grams_are_of_the_masked_style_features(synthetic_weights, synthetic_features):
     choice = LayerChoice(MIXED.content_layer, MIXED.style_layers, regions=2)
     rng = np.random.default_rng(2)
-    style, mask = rng.standard_normal((3, 32, 48)) * 50, rng.uniform(0, 1, (32, 48))
+    style, mask = rng.standard_normal((3, 16, 24)) * 50, rng.uniform(0, 1, (16, 24))
     sess = session(lossgrad.build_targets_graph(synthetic_features, choice))
     outputs = sess.run([lossgrad.gram_output(layer) for layer in choice.style_layers],
                        {"image": style[None].astype(np.float32), lossgrad.STYLE_MASK: mask[None, None].astype(np.float32)})

@@ -430,8 +430,8 @@ class StyleTransfer:
                               f"({', '.join(map(str, sizes))} px): give one per scale")
         if self.provider is not Provider.CUDA:  # host memory; a GPU's is not known before its session
             check_memory(cfg, *self.sizes_for(content_size, sizes[-1])[1])
-        if cfg.content_masks:
-            regions.load_masks(cfg, self.sizes_for(content_size, sizes[-1])[1])
+        for edge in sizes if cfg.content_masks else ():  # a thin region could vanish at a coarse scale
+            regions.load_masks(cfg, self.sizes_for(content_size, edge if len(sizes) > 1 else cfg.size)[1])
         started = time.perf_counter()
         total = sum(per_scale) * cfg.maxfun
         result = TransferResult(image=np.zeros((0, 0, 3), np.uint8), output=output,
