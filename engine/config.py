@@ -15,6 +15,7 @@ from typing import Any
 
 from .models import vgg
 from .errors import ConfigError
+from .io.images import MAX_MEGAPIXELS
 
 
 class Pooling(str, Enum):
@@ -102,6 +103,8 @@ class TransferConfig:
     tileable:       the output wraps around (seamless tiles): every convolution sees the image
                     as a torus and the total variation wraps; the output keeps the working size.
     tile_preview:   also write a 2x2 mosaic of the result (``<stem>_tiled.png``) to check the seams.
+    max_megapixels: the largest input image read (width * height / 1e6); larger ones are
+                    refused before decoding.
     """
 
     convnet: str = "vgg16"
@@ -136,6 +139,7 @@ class TransferConfig:
     style_masks: tuple[str, ...] | None = None
     tileable: bool = False
     tile_preview: bool = False
+    max_megapixels: float = MAX_MEGAPIXELS
 
     def __post_init__(self) -> None:
         # Frozen: normalised values go in through object.__setattr__, once, here.
@@ -204,6 +208,9 @@ class TransferConfig:
             raise ConfigError("the contact sheet and the GIF are made of snapshots: set save_every >= 1")
         if self.bit_depth not in (8, 16):
             raise ConfigError(f"bit_depth must be 8 or 16, got {self.bit_depth!r}")
+        put("max_megapixels", _weight("max_megapixels", self.max_megapixels))
+        if not self.max_megapixels > 0:
+            raise ConfigError("max_megapixels must be > 0")
         self._check_masks(put)
         for flag in ("tileable", "tile_preview"):
             put(flag, bool(getattr(self, flag)))
