@@ -214,6 +214,9 @@ class TransferConfig:
         self._check_masks(put)
         for flag in ("tileable", "tile_preview"):
             put(flag, bool(getattr(self, flag)))
+        if self.tileable and self.preserve_colors is PreserveColors.LUMINANCE:
+            raise ConfigError("tileable and preserve_colors luminance do not mix: the content's colours put back "
+                              "after the run would not wrap; use preserve_colors histogram")
 
     def _check_masks(self, put) -> None:
         for name in ("content_masks", "style_masks"):

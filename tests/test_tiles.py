@@ -158,3 +158,11 @@ def test_tile_preview_writes_the_result_two_by_two(tmp_path, models_dir):
         tile, mosaic = np.asarray(tile.convert("RGB")), np.asarray(mosaic.convert("RGB"))
     assert mosaic.shape == (2 * tile.shape[0], 2 * tile.shape[1], 3)
     np.testing.assert_array_equal(mosaic, np.tile(tile, (2, 2, 1)))
+
+
+def test_tileable_refuses_putting_back_the_contents_colours():
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="would not wrap; use preserve_colors histogram"):
+        TransferConfig(tileable=True, preserve_colors="luminance")
+    assert TransferConfig(tileable=True, preserve_colors="histogram").tileable
