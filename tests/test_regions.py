@@ -193,7 +193,8 @@ def test_targets_graph_grams_are_of_the_masked_style_features(synthetic_weights,
     style, mask = rng.standard_normal((3, 16, 24)) * 50, rng.uniform(0, 1, (16, 24))
     sess = session(lossgrad.build_targets_graph(synthetic_features, choice))
     outputs = sess.run([lossgrad.gram_output(layer) for layer in choice.style_layers],
-                       {"image": style[None].astype(np.float32), lossgrad.STYLE_MASK: mask[None, None].astype(np.float32)})
+                       {"image": style[None].astype(np.float32),
+                        lossgrad.STYLE_MASK: mask[None, None].astype(np.float32)})
     layers = ref.vgg_layers(synthetic_weights.layers)
     expected = rref.mean_grams(layers, style, mask, choice.style_layers)
     acts = rref.forward(layers, style, "block4_conv1")[0]

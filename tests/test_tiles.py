@@ -22,7 +22,6 @@ from engine.models.export import feature_graph
 from engine.models.weights import VGGWeights
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENT = ROOT / "examples" / "content.jpg"
 STYLE = ROOT / "examples" / "style.jpg"
 # Content layer also a style layer, style layers out of order; shallow, so the float64 reference is quick.
 MIXED = LayerChoice("block2_conv2", ("block2_conv1", "block1_conv2", "block3_conv1", "block1_conv1"), tileable=True)
@@ -129,7 +128,8 @@ def test_a_tileable_texture_has_no_seam_and_a_plain_one_has(models_dir):
     # the borders never met and the seam stands out.
     seams = {}
     for tileable in (False, True):
-        cfg = TransferConfig(content_layer="block3_conv2", style_layers=("block1_conv1", "block2_conv1", "block3_conv1"),
+        cfg = TransferConfig(content_layer="block3_conv2",
+                             style_layers=("block1_conv1", "block2_conv1", "block3_conv1"),
                              style_weights=(1.0, 0.1, 0.01), content_weight=0.0, tv_weight=3e4, size=32,
                              iterations=1, maxfun=80, optimizer_mode="continuous", save_every=0, tileable=tileable)
         image = StyleTransfer(cfg, models_dir=models_dir, provider="cpu", threads=2).run(STYLE, STYLE).image
