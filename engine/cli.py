@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,7 +23,9 @@ from .models.export import export_model, model_metadata, read_feature_model
 from .models.integrity import verified
 from .models.store import search_dirs
 from .presets import PRESETS, preset_config
-from .run.transfer import StyleTransfer, record_path
+from .run import signals
+from .run.records import record_path
+from .run.transfer import StyleTransfer
 from .runtime.sessions import probe_provider, versions
 
 # The help panels every option sits in (rich_help_panel=).
@@ -69,6 +74,8 @@ def user_errors(command):
         except EngineError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (engine.run.signals): its exit status, no traceback
+            raise typer.Exit(signals.exit_status()) from None
     return wrapper
 
 
@@ -235,6 +242,8 @@ def stylize(
     save_every: Annotated[Optional[int], _opt(
         OUTPUT, f"Snapshot every N iterations, 0 for none {_default('save_every')}")] = None,
     quiet: Annotated[bool, _opt(OUTPUT, "Print only the result's path (default: off).", "--quiet", "-q")] = False,
+    resume: Annotated[bool, _opt(OUTPUT, "Continue the stopped run on this output from its checkpoint, with the "
+                                 "same arguments (default: off, start over).", "--resume")] = False,
     max_megapixels: Annotated[Optional[float], _opt(
         RUNTIME, f"Refuse input images larger than this many megapixels {_default('max_megapixels', False)}")] = None,
     provider: Annotated[Provider, _opt(RUNTIME, "Execution provider: auto takes CUDA when it starts (default: auto).")]
@@ -270,13 +279,15 @@ def stylize(
                              tf32=tf32, cuda_graph=cuda_graph)
     with ProgressDisplay(quiet) as display:
         try:
-            result = transfer.run(content, styles, output, callback=display)
+            result = transfer.run(content, styles, output, callback=display, resume=resume)
         except KeyboardInterrupt:
             display.close()
             last = display.last_snapshot
-            typer.secho(f"interrupted: {'last snapshot ' + str(last) + ', ' if last else ''}"
-                        f"record {record_path(output_path(output))}", err=True, fg=typer.colors.YELLOW)
-            raise typer.Exit(130) from None
+            record = (f"record {record_path(output_path(output))}, --resume continues" if display.prepared
+                      else "nothing written")
+            typer.secho(f"interrupted: {'last snapshot ' + str(last) + ', ' if last else ''}{record}",
+                        err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(signals.exit_status()) from None
         display.summary(result)
     typer.echo(str(result.output))
 
@@ -362,6 +373,121 @@ def bench(
     json_path, md_path = write_results(result, out_dir)
     typer.echo(markdown(result))
     typer.echo(f"written {json_path} and {md_path}", err=True)
+
+
+@app.command(cls=Command, epilog="Examples: nst serve; nst serve --host 0.0.0.0 --port 8080 --token $NST_TOKEN")
+@user_errors
+def serve(
+    host: Annotated[str, _opt(RUNTIME, "Address to listen on; any but loopback needs a token (default: 127.0.0.1).")]
+    = "127.0.0.1",
+    port: Annotated[int, _opt(RUNTIME, "Port to listen on (default: 8080).")] = 8080,
+    data_dir: Annotated[Optional[Path], _opt(
+        OUTPUT, "Folder of the jobs, kept across restarts (default: ~/.local/share/nst/serve).")] = None,
+    token: Annotated[Optional[str], _opt(
+        RUNTIME, "Secret every request must carry (default: $NST_TOKEN, else none, allowed only on loopback).")]
+    = None,
+    max_upload_mb: Annotated[float, _opt(RUNTIME, "Largest uploaded image file in MB (default: 20).")] = 20.0,
+    max_pixels: Annotated[int, _opt(RUNTIME, "Largest uploaded image or output in pixels (default: 25000000).")]
+    = 25_000_000,
+    workers: Annotated[int, _opt(RUNTIME, "Jobs run at once, each on its own engine (default: 1).")] = 1,
+    provider: Annotated[Provider, _opt(RUNTIME, "Execution provider: auto takes CUDA when it starts (default: auto).")]
+    = Provider.AUTO,
+    threads: Annotated[Optional[int], _opt(RUNTIME, "CPU threads for ONNX Runtime per job (default: all cores).")]
+    = None,
+    allow_origin: Annotated[Optional[list[str]], _opt(
+        RUNTIME, "Public origin of a reverse proxy in front, e.g. https://example.org; repeatable (default: none).")]
+    = None,
+    models_dir: ModelsDir = None,
+):
+    """Serve the web page and the HTTP job API (needs the package's serve extra)."""
+    try:
+        from .serve.app import run_server
+    except ImportError as exc:
+        raise ConfigError(f"nst serve needs the serve extra ({exc.name} is missing): "
+                          "pip install -e '.[serve]'") from None
+    from .serve.settings import ServeSettings
+
+    settings = ServeSettings(host=host, port=port, data_dir=data_dir, token=token, max_upload_mb=max_upload_mb,
+                             max_pixels=max_pixels, workers=workers, models_dir=models_dir, provider=provider,
+                             threads=threads, allowed_origins=tuple(allow_origin or ()))
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"serving http://{shown}:{port}/ (jobs in {settings.data_dir}); Ctrl-C stops", err=True)
+    run_server(settings)
+
+
+@app.command(cls=Command, epilog="Example: nst submit cat.jpg starry_night.jpg --server http://127.0.0.1:8080/ "
+                                 "-o cat.png --size 384 --preset starry_tubingen")
+@user_errors
+def submit(
+    content: Annotated[Path, typer.Argument(metavar="CONTENT", help="Content image (the photo).", show_default=False)],
+    style: Annotated[str, typer.Argument(metavar="STYLE", show_default=False,
+                                         help="Style image(s), comma-separated to blend several.")],
+    server: Annotated[str, _opt(RUNTIME, "The server's URL, e.g. http://127.0.0.1:8080/. Required.")] = ...,
+    output: Annotated[Path, _opt(OUTPUT, "Where the result PNG goes (default: result.png).", "--output", "-o")]
+    = Path("result.png"),
+    preset: Annotated[Optional[str], _opt(SEED, f"One of {', '.join(PRESETS)} (default: none).")] = None,
+    size: Annotated[Optional[int], _opt(SEED, "Longest edge of the output in px (default: 512).")] = None,
+    iterations: Annotated[Optional[int], _opt(SEED, f"Iterations {_default('iterations')}")] = None,
+    maxfun: Annotated[Optional[int], _opt(SEED, f"Evaluations per iteration {_default('maxfun')}")] = None,
+    content_weight: Annotated[Optional[float], _opt(SEED, f"Weight of the content loss {_default('content_weight')}")]
+    = None,
+    tv_weight: Annotated[Optional[float], _opt(SEED, f"Weight of the total-variation loss {_default('tv_weight')}")]
+    = None,
+    style_blend: Annotated[Optional[str], _opt(
+        BEYOND, "Weights of the style images, comma-separated, one per image (default: equal).")] = None,
+    param: Annotated[Optional[list[str]], _opt(
+        BEYOND, "Any other stylize setting as NAME=JSON, e.g. seed=3 or tol=0.001; repeatable (default: none).")]
+    = None,
+    token: Annotated[Optional[str], _opt(RUNTIME, "The server's token (default: $NST_TOKEN).")] = None,
+):
+    """Send a job to an nst server, show its progress, download the result."""
+    from .io.images import check_writable
+    from .serve.client import Client, submit_and_wait
+
+    if output.suffix.lower() != ".png":
+        raise ConfigError(f"{output}: the server sends a PNG: give an output ending in .png")
+    check_writable(output)
+    params = {k: v for k, v in dict(preset=preset, size=size, iterations=iterations, maxfun=maxfun,
+                                    content_weight=content_weight, tv_weight=tv_weight,
+                                    style_blend=_csv(style_blend, float, "--style-blend")).items() if v is not None}
+    for item in param or []:
+        params.update(_json_param(item))
+    client = Client(server, token or os.environ.get("NST_TOKEN"))
+    started = time.perf_counter()
+    try:
+        last = submit_and_wait(client, content, [Path(p) for p in _csv(style)], params, output, _show_server_event)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: the job was cancelled on the server", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(130) from None
+    if last.event != "finished":
+        typer.secho(f"job {last.data.get('job')} {last.event}: no result", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(1)
+    typer.echo(f"done in {time.perf_counter() - started:.1f} s", err=True)
+    typer.echo(str(output))
+
+
+def _json_param(item: str) -> dict:
+    name, sep, value = item.partition("=")
+    try:
+        if sep:
+            return {name.strip(): json.loads(value)}
+    except ValueError:
+        pass
+    raise ConfigError(f"--param {item!r} is not NAME=JSON: e.g. --param seed=3 or --param 'init=\"content\"'")
+
+
+def _show_server_event(event) -> None:
+    data = event.data
+    if event.event == "queued":
+        typer.echo(f"job {data['job']}: queued at position {data.get('position')}", err=True)
+    elif event.event == "prepared":
+        typer.echo(f"{data['width']}x{data['height']} px on {data['provider']}, ready in {data['seconds']:.1f} s",
+                   err=True)
+    elif event.event == "iteration":
+        typer.echo(f"iteration {data['iteration']}/{data['iterations']}: loss {data['loss']:.3e}, "
+                   f"{data['seconds']:.1f} s", err=True)
+    elif event.event in ("cancelled", "interrupted"):
+        typer.echo(f"job {data['job']} {event.event}", err=True)
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
-from .run.transfer import Evaluated, IterationDone, Prepared, TransferResult
+from .run.events import Evaluated, IterationDone, Prepared
+from .run.records import TransferResult
 
 
 class ProgressDisplay:
@@ -32,6 +33,7 @@ class ProgressDisplay:
         self.console = console or Console(stderr=True, highlight=False)
         self.live = self.console.is_terminal and not quiet
         self.last_snapshot: Path | None = None
+        self.prepared = False  # a run that got this far writes its record however it ends
         self._progress: Progress | None = None
         self._run: TaskID | None = None
         self._jobs: TaskID | None = None
@@ -71,6 +73,7 @@ class ProgressDisplay:
     def __call__(self, event) -> None:
         if isinstance(event, IterationDone) and event.snapshot:
             self.last_snapshot = event.snapshot
+        self.prepared = self.prepared or isinstance(event, Prepared)
         if isinstance(event, Prepared):
             scale = f"scale {event.scale}/{event.scales}: " if event.scales > 1 else ""
             self._line(f"{self._prefix()}{scale}{event.width}x{event.height} px on {event.provider}, "

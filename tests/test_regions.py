@@ -315,11 +315,11 @@ def masks(tmp_path) -> dict[str, Path]:
 ], ids=["count", "empty", "uncovered", "style-count", "empty-style", "missing", "blend", "style-without-content"])
 def test_mask_mistakes_are_one_line_before_any_work(tmp_path, models_dir, masks, monkeypatch, styles, options,
                                                     fragments):
-    import engine.run.transfer as transfer
+    import engine.run.engine
 
     def no_work(*args, **kwargs):
         raise AssertionError("a session was opened before the mistake was reported")
-    monkeypatch.setattr(transfer, "create_session", no_work)
+    monkeypatch.setattr(engine.run.engine, "create_session", no_work)
     paths = {**masks, "nowhere": tmp_path / "nowhere.png"}
     style = f"{STYLE},{CONTENT}" if styles == "two" else str(STYLE)
     out = tmp_path / "out"
