@@ -27,6 +27,13 @@ from .run import signals
 from .run.records import record_path
 from .run.transfer import StyleTransfer
 from .runtime.sessions import probe_provider, versions
+from .batch.jobs import cross_jobs, read_jobs
+from .batch.ray_runner import RayRunner
+from .batch.runner import (BatchEnded, BatchStarted, JobEnded, JobProgress, JobStarted, LocalRunner,
+                           run_batch)
+from .batch.state import STATE_NAME
+from .run.engine import Engine
+from .run.events import IterationDone
 
 # The help panels every option sits in (rich_help_panel=).
 SEED = "Seed parameters"
@@ -290,6 +297,122 @@ def stylize(
             raise typer.Exit(signals.exit_status()) from None
         display.summary(result)
     typer.echo(str(result.output))
+
+
+_BATCH_EXAMPLES = """Examples:
+
+  nst batch jobs.csv -o out/
+
+  nst batch --contents photos/ --styles 'paintings/*.jpg' -o out/ --preset starry_tubingen --size 384
+
+  nst batch jobs.jsonl -o out/ --ray --ray-address auto --cpus-per-job 4
+"""
+
+
+@app.command(cls=Command, epilog=_BATCH_EXAMPLES)
+@user_errors
+def batch(
+    jobs: Annotated[Optional[Path], typer.Argument(
+        metavar="JOBS", show_default=False,
+        help="CSV or JSON Lines file, one job a row: content, style, optional output and any stylize option.")] = None,
+    out_dir: Annotated[Path, _opt(OUTPUT, "Folder of the outputs and of batch.json. Required.",
+                                  "--out-dir", "-o")] = ...,
+    contents: Annotated[Optional[str], _opt(
+        BEYOND, "Instead of JOBS: a folder or glob of content images, each run with every style (default: none).")]
+    = None,
+    styles: Annotated[Optional[str], _opt(
+        BEYOND, "With --contents: a folder or glob of style images (default: none).")] = None,
+    preset: Annotated[Optional[str], _opt(
+        SEED, f"Parameter set of the jobs that name none: {', '.join(PRESETS)} (default: none).")] = None,
+    size: Annotated[int, _opt(SEED, "Longest edge in px of the jobs that set none; 0 keeps each content's size "
+                              "(default: 512).")] = 512,
+    iterations: Annotated[Optional[int], _opt(
+        SEED, f"Iterations of the jobs that set none {_default('iterations')}")] = None,
+    seed: Annotated[Optional[int], _opt(SEED, f"Seed of the start noise of the jobs that set none {_default('seed')}")]
+    = None,
+    save_every: Annotated[Optional[int], _opt(
+        OUTPUT, f"Snapshot every N iterations in the jobs that set none, 0 for none {_default('save_every')}")]
+    = None,
+    quiet: Annotated[bool, _opt(OUTPUT, "Print only the path of batch.json (default: off).", "--quiet", "-q")]
+    = False,
+    ray: Annotated[bool, _opt(RUNTIME, "Run the jobs on Ray actors, each holding one engine; needs the ray extra "
+                              "(default: off, one engine in this process).", "--ray")] = False,
+    ray_address: Annotated[Optional[str], _opt(
+        RUNTIME, "With --ray: auto, or a cluster address such as ray://head:10001 "
+                 "(default: none, start a local cluster).")] = None,
+    cpus_per_job: Annotated[float, _opt(RUNTIME, "With --ray: CPUs each worker reserves (default: 1).")] = 1.0,
+    gpus_per_job: Annotated[float, _opt(RUNTIME, "With --ray: GPUs each worker reserves (default: 0).")] = 0.0,
+    workers: Annotated[Optional[int], _opt(
+        RUNTIME, "With --ray: number of workers (default: as many as the cluster's resources hold).")] = None,
+    retries: Annotated[int, _opt(RUNTIME, "With --ray: more tries of a job whose worker died (default: 2).")] = 2,
+    scratch: Annotated[Optional[str], _opt(
+        RUNTIME, "With --ray: the workers' scratch folder; a shared one lets a retry resume on any node "
+                 "(default: each node's temp folder).")] = None,
+    provider: Annotated[Provider, _opt(RUNTIME, "Execution provider: auto takes CUDA when it starts "
+                                       "(default: auto).")] = Provider.AUTO,
+    threads: Annotated[Optional[int], _opt(
+        RUNTIME, "CPU threads for ONNX Runtime, per engine (default: all cores).")] = None,
+    models_dir: ModelsDir = None,
+):
+    """Run many stylize jobs (a JOBS file, or --contents x --styles); a re-run skips finished ones and resumes."""
+    if (jobs is None) == (contents is None and styles is None):
+        raise ConfigError("give a JOBS file or --contents and --styles, one of the two")
+    ray_options = (ray_address, cpus_per_job, gpus_per_job, workers, retries, scratch)
+    if not ray and ray_options != (None, 1.0, 0.0, None, 2, None):
+        raise ConfigError("--ray-address, --cpus-per-job, --gpus-per-job, --workers, --retries and --scratch "
+                          "go with --ray: add --ray")
+    defaults = {key: value for key, value in dict(preset=preset, iterations=iterations, seed=seed,
+                                                  save_every=save_every).items() if value is not None}
+    defaults["size"] = size or None
+    if jobs is not None:
+        job_list = read_jobs(jobs, out_dir, defaults)
+    elif contents is None or styles is None:
+        raise ConfigError("--contents and --styles go together: give both")
+    else:
+        job_list = cross_jobs(contents, styles, out_dir, defaults)
+    engine_options = dict(models_dir=models_dir, provider=provider, threads=threads)
+    if ray:
+        runner = RayRunner(ray_address, cpus_per_job, gpus_per_job, workers, retries, scratch, engine_options)
+    else:
+        runner = LocalRunner(Engine(**engine_options))
+    try:
+        summary = run_batch(job_list, out_dir, runner, BatchProgress(quiet))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (engine.run.signals)
+        typer.secho(f"interrupted: run the same command again to go on; state {out_dir / STATE_NAME}",
+                    err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(signals.exit_status()) from None
+    typer.echo(str(summary.state))
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+class BatchProgress:
+    """Renders a batch's events: a line per job started and ended, the running job's iterations."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def __call__(self, event) -> None:
+        if self.quiet:
+            return
+        if isinstance(event, BatchStarted):
+            skipped = f", {event.skipped} finished before" if event.skipped else ""
+            resumed = f", {event.resumed} to resume" if event.resumed else ""
+            typer.echo(f"{event.total} job{'s' if event.total != 1 else ''}{skipped}{resumed}: {event.to_run} to run",
+                       err=True)
+        elif isinstance(event, JobStarted):
+            how = "resuming" if event.resume else "starting"
+            typer.echo(f"[{event.number}/{event.to_run}] {how} {event.name} on {event.worker}", err=True)
+        elif isinstance(event, JobProgress) and isinstance(event.event, IterationDone):
+            it = event.event
+            typer.echo(f"  {event.name}: iteration {it.iteration}, loss {it.loss:.3e}, {it.seconds:.1f} s", err=True)
+        elif isinstance(event, JobEnded):
+            error = f": {event.error}" if event.error else ""
+            typer.echo(f"{event.name} {event.status} in {event.seconds:.1f} s{error} -- {event.done} done, "
+                       f"{event.failed} failed of {event.total}, eta {event.eta:.0f} s", err=True)
+        elif isinstance(event, BatchEnded):
+            counts = ", ".join(f"{n} {status}" for status, n in event.counts.items() if n)
+            typer.echo(f"batch: {counts} in {event.seconds:.1f} s", err=True)
 
 
 @app.command(cls=Command, epilog="Example: nst info --models-dir exported_models")
