@@ -223,6 +223,15 @@ def stylize(
     style_normalization: Annotated[Optional[StyleNormalization], _opt(
         BEYOND, f"raw: the weights as given; gatys: times 1e3/C^2 per layer {_default('style_normalization')}")]
     = None,
+    content_masks: Annotated[Optional[str], _opt(
+        BEYOND, "Regions: mask images, comma-separated, one per style image, each white (or opaque) where its "
+                "style applies; any size, together covering the image (default: every style everywhere).")] = None,
+    style_masks: Annotated[Optional[str], _opt(
+        BEYOND, "With --content-masks: masks, comma-separated, of the part of each style image its style is "
+                "taken from (default: the whole style image).")] = None,
+    tileable: Annotated[Optional[bool], _opt(
+        BEYOND, f"Make the output a seamless tile: the image wraps around like a torus {_default('tileable')}",
+        "--tileable")] = None,
     sheet: Annotated[Optional[bool], _opt(
         OUTPUT, f"Also write a contact sheet of the snapshots {_default('sheet')}", "--sheet")] = None,
     gif: Annotated[Optional[bool], _opt(
@@ -230,6 +239,9 @@ def stylize(
     plot: Annotated[Optional[bool], _opt(
         OUTPUT, f"Also write a loss-curve PNG (needs matplotlib: the plot extra) {_default('plot')}", "--plot")]
     = None,
+    tile_preview: Annotated[Optional[bool], _opt(
+        OUTPUT, f"Also write <stem>_tiled.png, 2x2 copies of the result, to see its seams {_default('tile_preview')}",
+        "--tile-preview")] = None,
     bit_depth: Annotated[Optional[int], _opt(OUTPUT, f"8, or 16 for 16-bit PNG/TIFF output {_default('bit_depth')}")]
     = None,
     save_every: Annotated[Optional[int], _opt(
@@ -264,7 +276,8 @@ def stylize(
         scale_iterations=_csv(scale_iterations, int, "--scale-iterations"),
         optimizer_mode=optimizer_mode, tol=tol, clip_pixels=clip_pixels,
         style_normalization=style_normalization, sheet=sheet, gif=gif, plot=plot, bit_depth=bit_depth,
-        max_megapixels=max_megapixels)
+        max_megapixels=max_megapixels, content_masks=_csv(content_masks), style_masks=_csv(style_masks),
+        tileable=tileable, tile_preview=tile_preview)
     config = preset_config(preset, **settings) if preset else TransferConfig(
         **{k: v for k, v in settings.items() if v is not None or k == "size"})
     transfer = StyleTransfer(config, models_dir=models_dir, provider=provider, threads=threads,
