@@ -29,11 +29,9 @@ from .run.transfer import StyleTransfer
 from .runtime.sessions import probe_provider, versions
 from .batch.jobs import cross_jobs, read_jobs
 from .batch.ray_runner import RayRunner
-from .batch.runner import (BatchEnded, BatchStarted, JobEnded, JobProgress, JobStarted, LocalRunner,
-                           run_batch)
+from .batch.runner import LocalRunner, run_batch
 from .batch.state import STATE_NAME
 from .run.engine import Engine
-from .run.events import IterationDone
 
 # The help panels every option sits in (rich_help_panel=).
 SEED = "Seed parameters"
@@ -225,6 +223,15 @@ def stylize(
     style_normalization: Annotated[Optional[StyleNormalization], _opt(
         BEYOND, f"raw: the weights as given; gatys: times 1e3/C^2 per layer {_default('style_normalization')}")]
     = None,
+    content_masks: Annotated[Optional[str], _opt(
+        BEYOND, "Regions: mask images, comma-separated, one per style image, each white (or opaque) where its "
+                "style applies; any size, together covering the image (default: every style everywhere).")] = None,
+    style_masks: Annotated[Optional[str], _opt(
+        BEYOND, "With --content-masks: masks, comma-separated, of the part of each style image its style is "
+                "taken from (default: the whole style image).")] = None,
+    tileable: Annotated[Optional[bool], _opt(
+        BEYOND, f"Make the output a seamless tile: the image wraps around like a torus {_default('tileable')}",
+        "--tileable")] = None,
     sheet: Annotated[Optional[bool], _opt(
         OUTPUT, f"Also write a contact sheet of the snapshots {_default('sheet')}", "--sheet")] = None,
     gif: Annotated[Optional[bool], _opt(
@@ -232,6 +239,9 @@ def stylize(
     plot: Annotated[Optional[bool], _opt(
         OUTPUT, f"Also write a loss-curve PNG (needs matplotlib: the plot extra) {_default('plot')}", "--plot")]
     = None,
+    tile_preview: Annotated[Optional[bool], _opt(
+        OUTPUT, f"Also write <stem>_tiled.png, 2x2 copies of the result, to see its seams {_default('tile_preview')}",
+        "--tile-preview")] = None,
     bit_depth: Annotated[Optional[int], _opt(OUTPUT, f"8, or 16 for 16-bit PNG/TIFF output {_default('bit_depth')}")]
     = None,
     save_every: Annotated[Optional[int], _opt(
@@ -266,7 +276,8 @@ def stylize(
         scale_iterations=_csv(scale_iterations, int, "--scale-iterations"),
         optimizer_mode=optimizer_mode, tol=tol, clip_pixels=clip_pixels,
         style_normalization=style_normalization, sheet=sheet, gif=gif, plot=plot, bit_depth=bit_depth,
-        max_megapixels=max_megapixels)
+        max_megapixels=max_megapixels, content_masks=_csv(content_masks), style_masks=_csv(style_masks),
+        tileable=tileable, tile_preview=tile_preview)
     config = preset_config(preset, **settings) if preset else TransferConfig(
         **{k: v for k, v in settings.items() if v is not None or k == "size"})
     transfer = StyleTransfer(config, models_dir=models_dir, provider=provider, threads=threads,
@@ -363,7 +374,8 @@ def batch(
     else:
         runner = LocalRunner(Engine(**engine_options))
     try:
-        summary = run_batch(job_list, out_dir, runner, BatchProgress(quiet))
+        with ProgressDisplay(quiet) as display:
+            summary = run_batch(job_list, out_dir, runner, display)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (engine.run.signals)
         typer.secho(f"interrupted: run the same command again to go on; state {out_dir / STATE_NAME}",
                     err=True, fg=typer.colors.YELLOW)
@@ -371,35 +383,6 @@ def batch(
     typer.echo(str(summary.state))
     if summary.failed:
         raise typer.Exit(1)
-
-
-class BatchProgress:
-    """Renders a batch's events: a line per job started and ended, the running job's iterations."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-
-    def __call__(self, event) -> None:
-        if self.quiet:
-            return
-        if isinstance(event, BatchStarted):
-            skipped = f", {event.skipped} finished before" if event.skipped else ""
-            resumed = f", {event.resumed} to resume" if event.resumed else ""
-            typer.echo(f"{event.total} job{'s' if event.total != 1 else ''}{skipped}{resumed}: {event.to_run} to run",
-                       err=True)
-        elif isinstance(event, JobStarted):
-            how = "resuming" if event.resume else "starting"
-            typer.echo(f"[{event.number}/{event.to_run}] {how} {event.name} on {event.worker}", err=True)
-        elif isinstance(event, JobProgress) and isinstance(event.event, IterationDone):
-            it = event.event
-            typer.echo(f"  {event.name}: iteration {it.iteration}, loss {it.loss:.3e}, {it.seconds:.1f} s", err=True)
-        elif isinstance(event, JobEnded):
-            error = f": {event.error}" if event.error else ""
-            typer.echo(f"{event.name} {event.status} in {event.seconds:.1f} s{error} -- {event.done} done, "
-                       f"{event.failed} failed of {event.total}, eta {event.eta:.0f} s", err=True)
-        elif isinstance(event, BatchEnded):
-            counts = ", ".join(f"{n} {status}" for status, n in event.counts.items() if n)
-            typer.echo(f"batch: {counts} in {event.seconds:.1f} s", err=True)
 
 
 @app.command(cls=Command, epilog="Example: nst info --models-dir exported_models")

@@ -155,7 +155,7 @@ def test_cli_batch_exit_status_says_whether_a_job_failed(inputs, tmp_path, model
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     assert result.stdout.strip() == str(out / "batch.json")
-    assert "broken_starry.png failed" in result.stderr and "1 finished, 1 failed" in result.stderr
+    assert "broken_starry.png: failed: cannot read image" in result.stderr and "1 finished, 1 failed" in result.stderr
     assert sorted(p.name for p in out.glob("*.png")) == ["cat_starry.png"]
     (inputs / "broken.png").unlink()
     result = CliRunner().invoke(app, args)

@@ -30,7 +30,7 @@ from ..models.export import INPUT_NAME
 from ..models.store import find_model
 from ..runtime.memory import check_memory
 from ..runtime.sessions import CUDA, LossGradEvaluator, create_session, cuda_options, release_freed_memory, versions
-from . import checkpoints
+from . import checkpoints, regions
 from .checkpoints import Checkpoint
 from .events import Callback, Evaluated, IterationDone, Prepared
 from .optimize import Cancelled, loss_scale, optimize
@@ -101,7 +101,8 @@ class Engine:
 
     def graphs(self, config: TransferConfig) -> lossgrad.Graphs:
         """The targets and loss graphs of the config's model and layer choice, found (or built) once."""
-        choice = lossgrad.LayerChoice(config.content_layer, config.style_layers, config.pooling.value)
+        choice = lossgrad.LayerChoice(config.content_layer, config.style_layers, config.pooling.value,
+                                      len(config.content_masks or ()), config.tileable)
         model = self.model(config.convnet)
         return self._once(self._graphs, (model, choice), lambda: lossgrad.graph_paths(model, choice))
 
@@ -141,12 +142,14 @@ class Engine:
 
         content_x = images.preprocess(content_image, (width, height))
         styles_x = [images.preprocess(s, _style_size(cfg, s.size, (width, height))) for s in style_images]
+        masks = regions.load_masks(cfg, (width, height), [(x.shape[3], x.shape[2]) for x in styles_x]) \
+            if cfg.content_masks else None
         self.graphs(cfg)  # found (or built) here, not by both threads at once
         with ThreadPoolExecutor(max_workers=1) as pool:
             # ONNX Runtime lets go of the GIL while it opens a session: the loss session starts
             # while the targets are computed (0.1-0.4 s sooner ready at 512 px on 2 cores).
             loss_session = pool.submit(self._session, "loss", cfg)
-            content_features, grams, scales = self._targets(cfg, content_x, styles_x)
+            content_features, grams, scales = self._targets(cfg, content_x, styles_x, masks)
             session = loss_session.result()
 
         constants = {
@@ -155,11 +158,16 @@ class Engine:
             lossgrad.TV_WEIGHT: np.array(cfg.tv_weight, np.float32),
             **scales,
         }
+        if masks:
+            constants.update(grams.mask_inputs())
         for layer, weight in zip(cfg.style_layers, cfg.style_weights):
             info = vgg.conv_layer(cfg.convnet, layer)
             positions = (width // info.downsampling) * (height // info.downsampling)
             if cfg.style_normalization is StyleNormalization.GATYS:
                 weight *= 1e3 / info.out_channels ** 2
+            if masks:  # guided Grams: a target and a weight per region
+                constants.update(grams.layer_inputs(layer, info.downsampling, weight / len(cfg.style_layers)))
+                continue
             constants[lossgrad.gram_target(layer)] = grams[layer].astype(np.float32)
             # The seed's 1/(4 (h w)^2) per layer and its 1/len(style_layers), folded into one scalar.
             constants[lossgrad.style_weight(layer)] = np.array(
@@ -174,13 +182,23 @@ class Engine:
             problem.runtime["pool_scales"] = {k: float(v) for k, v in scales.items()}
         return problem
 
-    def _targets(self, cfg: TransferConfig, content_x: np.ndarray, styles_x: list[np.ndarray]):
-        """The content layer's features, the blended Gram targets, the pool scales."""
+    def _targets(self, cfg: TransferConfig, content_x: np.ndarray, styles_x: list[np.ndarray],
+                 masks: regions.Masks | None = None):
+        """The content layer's features, the blended Gram targets (with ``masks``: each region's
+        RegionTargets), the pool scales."""
         height, width = content_x.shape[2:]
         targets = self._session("targets", cfg)
         scales = self._pool_scales(cfg, content_x)
+        unmasked = {lossgrad.STYLE_MASK: np.ones((1, 1, height, width), np.float32)} if masks else {}
         content_features = targets.run([lossgrad.features_output(cfg.content_layer)],
-                                       {INPUT_NAME: content_x, **scales})[0]
+                                       {INPUT_NAME: content_x, **scales, **unmasked})[0]
+        if masks:
+            def masked_grams(x: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+                outputs = targets.run([lossgrad.gram_output(l) for l in cfg.style_layers],
+                                      {INPUT_NAME: x, lossgrad.STYLE_MASK: mask, **scales})
+                return dict(zip(cfg.style_layers, outputs))
+            downsampling = {l: vgg.conv_layer(cfg.convnet, l).downsampling for l in cfg.style_layers}
+            return content_features, regions.region_targets(masks, styles_x, masked_grams, downsampling), scales
         blend = np.asarray(cfg.style_blend or [1.0] * len(styles_x), np.float64)
         blend = blend / blend.sum()
         grams = {layer: 0.0 for layer in cfg.style_layers}
@@ -256,6 +274,8 @@ class Engine:
                               f"({', '.join(map(str, sizes))} px): give one per scale")
         if self.provider is not Provider.CUDA:  # host memory; a GPU's is not known before its session
             check_memory(cfg, *sizes_for(cfg, content_image.size, sizes[-1])[1])
+        for edge in sizes if cfg.content_masks else ():  # a thin region could vanish at a coarse scale
+            regions.load_masks(cfg, sizes_for(cfg, content_image.size, edge if len(sizes) > 1 else cfg.size)[1])
         if output is not None:
             files = _run_files(output, sum(per_scale))
             check_not_inputs(files, _inputs(cfg, content, sources))
@@ -455,6 +475,9 @@ class _Run:
         if cfg.plot:
             visuals.loss_curve([it.record() for it in its], paths["plot"])
             self.files.append(paths["plot"])
+        if cfg.tile_preview:
+            visuals.tile_mosaic(self.result.image, paths["tiled"])
+            self.files.append(paths["tiled"])
 
     def _end(self, status: RunStatus, error: str | None, failing: bool) -> None:
         """Remove a finished run's checkpoint, then write the record (a failing run's record
@@ -514,7 +537,9 @@ def sizes_for(cfg: TransferConfig, content_size: tuple[int, int],
             f"the image would be {output_size[0]}x{output_size[1]} px, too small for the deepest chosen layer "
             f"(needs {cfg.min_image_size()} px per side): use a larger --size (or --min-size), "
             "or shallower layers")
-    return output_size, images.working_size(content_size, max(output_size), cfg.size_multiple())
+    working = images.working_size(content_size, max(output_size), cfg.size_multiple())
+    # A tile resized after the run would no longer wrap exactly: it keeps the working size.
+    return (working if cfg.tileable else output_size), working
 
 
 def scale_sizes(cfg: TransferConfig, content_size: tuple[int, int]) -> list[int]:
@@ -539,6 +564,7 @@ def check_styles(cfg: TransferConfig, sources: list) -> None:
     if blend is not None and len(blend) != len(sources):
         raise ConfigError(f"{len(blend)} style blend weights for {len(sources)} style images: "
                           "give one weight per style image")
+    regions.check_count(cfg, len(sources))
 
 
 def _style_size(cfg: TransferConfig, style_size: tuple[int, int], working: tuple[int, int]) -> tuple[int, int]:
@@ -588,4 +614,6 @@ def _inputs(cfg: TransferConfig, content: ImageSource, sources: list[ImageSource
                                            for i, s in enumerate(sources)}}
     if cfg.init not in {i.value for i in Init}:
         inputs["init image"] = cfg.init
+    for kind in ("content", "style"):
+        inputs.update({f"{kind} mask {i + 1}": p for i, p in enumerate(getattr(cfg, f"{kind}_masks") or ())})
     return {what: Path(p) for what, p in inputs.items() if not isinstance(p, Image.Image)}

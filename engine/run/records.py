@@ -52,9 +52,9 @@ def checkpoint_path(output: Path) -> Path:
 
 
 def visual_paths(output: Path) -> dict[str, Path]:
-    """The optional visual records: contact sheet, GIF, loss curve."""
+    """The optional visual records: contact sheet, GIF, loss curve, 2x2 tile preview."""
     return {"sheet": output.with_name(f"{output.stem}_sheet.png"), "gif": output.with_name(f"{output.stem}.gif"),
-            "plot": output.with_name(f"{output.stem}_loss.png")}
+            "plot": output.with_name(f"{output.stem}_loss.png"), "tiled": output.with_name(f"{output.stem}_tiled.png")}
 
 
 def write_record(path: Path, record: dict) -> None:
