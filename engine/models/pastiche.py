@@ -115,7 +115,7 @@ def read_legacy_torch(data: bytes) -> dict[str, np.ndarray]:
         obj = _RestrictedUnpickler(f).load()
         keys = _RestrictedUnpickler(f).load()
     except Exception as exc:  # whatever a damaged or foreign pickle makes the unpickler raise
-        raise ValueError(f"not a plain file of tensors ({exc or type(exc).__name__})") from None
+        raise ValueError(f"not a readable legacy torch.save file of tensors ({exc or type(exc).__name__})") from None
     if not isinstance(obj, dict) or not all(isinstance(v, _TensorRef) for v in obj.values()):
         raise ValueError("it does not hold a dict of tensors")
     if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
