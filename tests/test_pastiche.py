@@ -147,6 +147,12 @@ def test_dequantised_kernels_are_the_table_indexed_by_the_codes(quantised_vgg19)
         assert len(np.unique(w)) <= 256
 
 
+def test_vgg19_weights_are_not_taken_for_vgg16(quantised_vgg19, tmp_path):
+    with pytest.raises(engine.WeightsError, match="block3_conv4.*export them as vgg19"):
+        engine.export_model("vgg16", weights=quantised_vgg19[0], models_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("change, message", [
     ("no bias", "lacks block1_conv1_b"),
     ("float codes", "block1_conv1_W_q is float32"),

@@ -115,9 +115,14 @@ def _check_layers(path: Path, found: Layers, arch: str | None) -> str:
         if arch is None:
             raise WeightsError(
                 f"{path}: found {len(found)} VGG conv layers, expected 13 (VGG16) or 16 (VGG19); "
-                "pass the architecture explicitly if the file holds more layers"
+                "give the architecture (vgg16 or vgg19) to be told which layers are missing or extra"
             )
     vgg.check_architecture(arch)
+    foreign = [name for name in found if name not in vgg.conv_layer_names(arch)]
+    if foreign:  # e.g. VGG19's block3_conv4: its other layers were trained in another network
+        other = vgg.architecture_for_conv_count(len(found))
+        raise WeightsError(f"{path}: holds layer(s) {', '.join(foreign[:3])} that {arch} does not have"
+                           + (f"; these are {other} weights: export them as {other}" if other else ""))
     missing = [name for name in vgg.conv_layer_names(arch) if name not in found]
     if missing:
         raise WeightsError(f"{path}: missing {arch} layer(s) {', '.join(missing)}")
