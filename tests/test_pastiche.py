@@ -70,7 +70,8 @@ def test_reader_reads_the_legacy_layout_without_torch():
 
 def test_tensors_sharing_a_storage_at_offsets_are_cut_out_of_it():
     storage = lt.Storage("0", np.arange(10, dtype=np.float32))
-    read = read_legacy_torch(lt.dumps({"a": lt.Tensor(storage, 3, (2, 2), (2, 1)), "b": lt.Tensor(storage, 0, (3,), (1,))}))
+    tensors = {"a": lt.Tensor(storage, 3, (2, 2), (2, 1)), "b": lt.Tensor(storage, 0, (3,), (1,))}
+    read = read_legacy_torch(lt.dumps(tensors))
     assert np.array_equal(read["a"], [[3, 4], [5, 6]]) and np.array_equal(read["b"], [0, 1, 2])
 
 

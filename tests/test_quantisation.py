@@ -67,7 +67,7 @@ def test_ssim_of_an_image_with_itself_is_one_and_falls_with_noise():
 
 
 def test_ssim_matches_scikit_image():
-    metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is the SSIM reference: pip install scikit-image")
+    metrics = pytest.importorskip("skimage.metrics", reason="the SSIM reference: pip install scikit-image")
     rng = np.random.default_rng(4)
     a = rng.integers(0, 256, (33, 45, 3)).astype(np.float64)
     b = np.clip(a * 0.7 + 40 + rng.normal(0, 20, a.shape), 0, 255)

@@ -98,6 +98,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _StorageRef(key=pid[2], dtype=pid[1].dtype, numel=pid[4])
 
 
+def _unpickle(f: io.BytesIO):
+    try:
+        return _RestrictedUnpickler(f).load()
+    except Exception as exc:  # whatever a damaged or foreign pickle makes the unpickler raise
+        raise ValueError(f"not a readable legacy torch.save file of tensors ({exc or type(exc).__name__})") from None
+
+
 def read_legacy_torch(data: bytes) -> dict[str, np.ndarray]:
     """The ``{name: array}`` dict a legacy ``torch.save`` file holds, read without torch.
 
@@ -105,17 +112,14 @@ def read_legacy_torch(data: bytes) -> dict[str, np.ndarray]:
     raises ``ValueError`` saying what was found.
     """
     f = io.BytesIO(data)
-    try:
-        header = [_RestrictedUnpickler(f).load() for _ in range(3)]
-        if header[0] != MAGIC_NUMBER or header[1] != PROTOCOL_VERSION:
-            raise ValueError("not a legacy torch.save file (wrong magic number or protocol)")
-        sys_info = header[2]
-        if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
-            raise ValueError("not a little-endian legacy torch.save file")
-        obj = _RestrictedUnpickler(f).load()
-        keys = _RestrictedUnpickler(f).load()
-    except Exception as exc:  # whatever a damaged or foreign pickle makes the unpickler raise
-        raise ValueError(f"not a readable legacy torch.save file of tensors ({exc or type(exc).__name__})") from None
+    if _unpickle(f) != MAGIC_NUMBER:
+        raise ValueError("not a legacy torch.save file (wrong magic number)")
+    if _unpickle(f) != PROTOCOL_VERSION:
+        raise ValueError("not a legacy torch.save file (an unknown protocol version)")
+    sys_info = _unpickle(f)
+    if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
+        raise ValueError("not a little-endian legacy torch.save file")
+    obj, keys = _unpickle(f), _unpickle(f)
     if not isinstance(obj, dict) or not all(isinstance(v, _TensorRef) for v in obj.values()):
         raise ValueError("it does not hold a dict of tensors")
     if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):

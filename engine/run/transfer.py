@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..io import colors, images, visuals
 from ..models import vgg
-from ..config import Init, PreserveColors, Provider, StyleNormalization, TransferConfig
+from ..config import Init, PreserveColors, Provider, StyleNormalization, TransferConfig, parse_choice
 from ..errors import ConfigError
 from ..models.export import INPUT_NAME
 from ..io.files import atomic_write_text
@@ -140,7 +140,8 @@ class Problem:
             # With a style_scale the style is fed at its own size; the start needs the working size.
             return style if style.shape == tuple(self.shape) else _resize_x(style, self.shape)
         size = (self.shape[3], self.shape[2])
-        return images.preprocess(images.load_image(init), size).astype(np.float64)
+        image = images.load_image(init, max(size), self.config.max_megapixels)
+        return images.preprocess(image, size).astype(np.float64)
 
     def bounds(self) -> list[tuple[float, float]]:
         """Per-pixel box constraints keeping every channel within 0..255 (BGR, mean subtracted)."""
@@ -182,8 +183,16 @@ def _as_list(styles: Styles) -> list[ImageSource]:
     return list(styles) if isinstance(styles, (list, tuple)) else [styles]
 
 
-def _load(source: ImageSource) -> Image.Image:
-    return source.convert("RGB") if isinstance(source, Image.Image) else images.load_image(source)
+def _load(source: ImageSource, config: TransferConfig, fit: int | None) -> Image.Image:
+    """An image source as RGB; a file is read at no less than ``fit`` px (None: whole)."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    return images.load_image(source, fit, config.max_megapixels)
+
+
+def _style_fit(config: TransferConfig) -> int | None:
+    """The longest edge (px) a style image is needed at, at most: the output's times style_scale."""
+    return config.size and math.ceil(config.size * max(1.0, config.style_scale or 1.0))
 
 
 def _name(source: ImageSource) -> str:
@@ -213,7 +222,9 @@ class StyleTransfer:
                  tf32: bool = True, cuda_graph: bool = True):
         self.config = config or TransferConfig()
         self.models_dir = models_dir
-        self.provider = Provider(provider)
+        self.provider = parse_choice(Provider, "provider", provider)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be a whole number >= 1 (or None for all cores), got {threads!r}")
         self.threads = threads
         self.tf32 = tf32
         self.cuda_graph = cuda_graph
@@ -277,7 +288,8 @@ class StyleTransfer:
         cfg = self.config
         sources = _as_list(style)
         self._check_styles(sources)
-        content_image, style_images = _load(content), [_load(s) for s in sources]
+        content_image = _load(content, cfg, cfg.size)
+        style_images = [_load(s, cfg, _style_fit(cfg)) for s in sources]
         output_size, (width, height) = self.sizes_for(content_image.size, size if size is not None else cfg.size)
         colour_source = None
         if cfg.preserve_colors is PreserveColors.HISTOGRAM:
@@ -393,7 +405,7 @@ class StyleTransfer:
         """
         cfg = self.config
         emit = callback or (lambda event: None)
-        output = Path(output) if output is not None else None
+        output = images.output_path(output) if output is not None else None
         sources = _as_list(style)
         self._check_styles(sources)
         if output is not None:
@@ -402,7 +414,7 @@ class StyleTransfer:
                 raise ConfigError(f"{output}: 16-bit output needs a .png or .tif file")
         if cfg.plot:
             visuals.check_plotting()  # before hours of work, not after
-        content_size = _load(content).size
+        content_size = _load(content, cfg, cfg.size).size
         sizes = self.scale_sizes(content_size)
         per_scale = cfg.scale_iterations or (cfg.iterations,) * len(sizes)
         if len(per_scale) != len(sizes):
