@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,8 +23,15 @@ from .models.export import export_model, model_metadata, read_feature_model
 from .models.integrity import verified
 from .models.store import search_dirs
 from .presets import PRESETS, preset_config
-from .run.transfer import StyleTransfer, record_path
+from .run import signals
+from .run.records import record_path
+from .run.transfer import StyleTransfer
 from .runtime.sessions import probe_provider, versions
+from .batch.jobs import cross_jobs, read_jobs
+from .batch.ray_runner import RayRunner
+from .batch.runner import LocalRunner, run_batch
+from .batch.state import STATE_NAME
+from .run.engine import Engine
 
 # The help panels every option sits in (rich_help_panel=).
 SEED = "Seed parameters"
@@ -69,6 +79,8 @@ def user_errors(command):
         except EngineError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (engine.run.signals): its exit status, no traceback
+            raise typer.Exit(signals.exit_status()) from None
     return wrapper
 
 
@@ -211,6 +223,15 @@ def stylize(
     style_normalization: Annotated[Optional[StyleNormalization], _opt(
         BEYOND, f"raw: the weights as given; gatys: times 1e3/C^2 per layer {_default('style_normalization')}")]
     = None,
+    content_masks: Annotated[Optional[str], _opt(
+        BEYOND, "Regions: mask images, comma-separated, one per style image, each white (or opaque) where its "
+                "style applies; any size, together covering the image (default: every style everywhere).")] = None,
+    style_masks: Annotated[Optional[str], _opt(
+        BEYOND, "With --content-masks: masks, comma-separated, of the part of each style image its style is "
+                "taken from (default: the whole style image).")] = None,
+    tileable: Annotated[Optional[bool], _opt(
+        BEYOND, f"Make the output a seamless tile: the image wraps around like a torus {_default('tileable')}",
+        "--tileable")] = None,
     sheet: Annotated[Optional[bool], _opt(
         OUTPUT, f"Also write a contact sheet of the snapshots {_default('sheet')}", "--sheet")] = None,
     gif: Annotated[Optional[bool], _opt(
@@ -218,11 +239,16 @@ def stylize(
     plot: Annotated[Optional[bool], _opt(
         OUTPUT, f"Also write a loss-curve PNG (needs matplotlib: the plot extra) {_default('plot')}", "--plot")]
     = None,
+    tile_preview: Annotated[Optional[bool], _opt(
+        OUTPUT, f"Also write <stem>_tiled.png, 2x2 copies of the result, to see its seams {_default('tile_preview')}",
+        "--tile-preview")] = None,
     bit_depth: Annotated[Optional[int], _opt(OUTPUT, f"8, or 16 for 16-bit PNG/TIFF output {_default('bit_depth')}")]
     = None,
     save_every: Annotated[Optional[int], _opt(
         OUTPUT, f"Snapshot every N iterations, 0 for none {_default('save_every')}")] = None,
     quiet: Annotated[bool, _opt(OUTPUT, "Print only the result's path (default: off).", "--quiet", "-q")] = False,
+    resume: Annotated[bool, _opt(OUTPUT, "Continue the stopped run on this output from its checkpoint, with the "
+                                 "same arguments (default: off, start over).", "--resume")] = False,
     max_megapixels: Annotated[Optional[float], _opt(
         RUNTIME, f"Refuse input images larger than this many megapixels {_default('max_megapixels', False)}")] = None,
     provider: Annotated[Provider, _opt(RUNTIME, "Execution provider: auto takes CUDA when it starts (default: auto).")]
@@ -250,22 +276,113 @@ def stylize(
         scale_iterations=_csv(scale_iterations, int, "--scale-iterations"),
         optimizer_mode=optimizer_mode, tol=tol, clip_pixels=clip_pixels,
         style_normalization=style_normalization, sheet=sheet, gif=gif, plot=plot, bit_depth=bit_depth,
-        max_megapixels=max_megapixels)
+        max_megapixels=max_megapixels, content_masks=_csv(content_masks), style_masks=_csv(style_masks),
+        tileable=tileable, tile_preview=tile_preview)
     config = preset_config(preset, **settings) if preset else TransferConfig(
         **{k: v for k, v in settings.items() if v is not None or k == "size"})
     transfer = StyleTransfer(config, models_dir=models_dir, provider=provider, threads=threads,
                              tf32=tf32, cuda_graph=cuda_graph)
     with ProgressDisplay(quiet) as display:
         try:
-            result = transfer.run(content, styles, output, callback=display)
+            result = transfer.run(content, styles, output, callback=display, resume=resume)
         except KeyboardInterrupt:
             display.close()
             last = display.last_snapshot
-            typer.secho(f"interrupted: {'last snapshot ' + str(last) + ', ' if last else ''}"
-                        f"record {record_path(output_path(output))}", err=True, fg=typer.colors.YELLOW)
-            raise typer.Exit(130) from None
+            record = (f"record {record_path(output_path(output))}, --resume continues" if display.prepared
+                      else "nothing written")
+            typer.secho(f"interrupted: {'last snapshot ' + str(last) + ', ' if last else ''}{record}",
+                        err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(signals.exit_status()) from None
         display.summary(result)
     typer.echo(str(result.output))
+
+
+_BATCH_EXAMPLES = """Examples:
+
+  nst batch jobs.csv -o out/
+
+  nst batch --contents photos/ --styles 'paintings/*.jpg' -o out/ --preset starry_tubingen --size 384
+
+  nst batch jobs.jsonl -o out/ --ray --ray-address auto --cpus-per-job 4
+"""
+
+
+@app.command(cls=Command, epilog=_BATCH_EXAMPLES)
+@user_errors
+def batch(
+    jobs: Annotated[Optional[Path], typer.Argument(
+        metavar="JOBS", show_default=False,
+        help="CSV or JSON Lines file, one job a row: content, style, optional output and any stylize option.")] = None,
+    out_dir: Annotated[Path, _opt(OUTPUT, "Folder of the outputs and of batch.json. Required.",
+                                  "--out-dir", "-o")] = ...,
+    contents: Annotated[Optional[str], _opt(
+        BEYOND, "Instead of JOBS: a folder or glob of content images, each run with every style (default: none).")]
+    = None,
+    styles: Annotated[Optional[str], _opt(
+        BEYOND, "With --contents: a folder or glob of style images (default: none).")] = None,
+    preset: Annotated[Optional[str], _opt(
+        SEED, f"Parameter set of the jobs that name none: {', '.join(PRESETS)} (default: none).")] = None,
+    size: Annotated[int, _opt(SEED, "Longest edge in px of the jobs that set none; 0 keeps each content's size "
+                              "(default: 512).")] = 512,
+    iterations: Annotated[Optional[int], _opt(
+        SEED, f"Iterations of the jobs that set none {_default('iterations')}")] = None,
+    seed: Annotated[Optional[int], _opt(SEED, f"Seed of the start noise of the jobs that set none {_default('seed')}")]
+    = None,
+    save_every: Annotated[Optional[int], _opt(
+        OUTPUT, f"Snapshot every N iterations in the jobs that set none, 0 for none {_default('save_every')}")]
+    = None,
+    quiet: Annotated[bool, _opt(OUTPUT, "Print only the path of batch.json (default: off).", "--quiet", "-q")]
+    = False,
+    ray: Annotated[bool, _opt(RUNTIME, "Run the jobs on Ray actors, each holding one engine; needs the ray extra "
+                              "(default: off, one engine in this process).", "--ray")] = False,
+    ray_address: Annotated[Optional[str], _opt(
+        RUNTIME, "With --ray: auto, or a cluster address such as ray://head:10001 "
+                 "(default: none, start a local cluster).")] = None,
+    cpus_per_job: Annotated[float, _opt(RUNTIME, "With --ray: CPUs each worker reserves (default: 1).")] = 1.0,
+    gpus_per_job: Annotated[float, _opt(RUNTIME, "With --ray: GPUs each worker reserves (default: 0).")] = 0.0,
+    workers: Annotated[Optional[int], _opt(
+        RUNTIME, "With --ray: number of workers (default: as many as the cluster's resources hold).")] = None,
+    retries: Annotated[int, _opt(RUNTIME, "With --ray: more tries of a job whose worker died (default: 2).")] = 2,
+    scratch: Annotated[Optional[str], _opt(
+        RUNTIME, "With --ray: the workers' scratch folder; a shared one lets a retry resume on any node "
+                 "(default: each node's temp folder).")] = None,
+    provider: Annotated[Provider, _opt(RUNTIME, "Execution provider: auto takes CUDA when it starts "
+                                       "(default: auto).")] = Provider.AUTO,
+    threads: Annotated[Optional[int], _opt(
+        RUNTIME, "CPU threads for ONNX Runtime, per engine (default: all cores).")] = None,
+    models_dir: ModelsDir = None,
+):
+    """Run many stylize jobs (a JOBS file, or --contents x --styles); a re-run skips finished ones and resumes."""
+    if (jobs is None) == (contents is None and styles is None):
+        raise ConfigError("give a JOBS file or --contents and --styles, one of the two")
+    ray_options = (ray_address, cpus_per_job, gpus_per_job, workers, retries, scratch)
+    if not ray and ray_options != (None, 1.0, 0.0, None, 2, None):
+        raise ConfigError("--ray-address, --cpus-per-job, --gpus-per-job, --workers, --retries and --scratch "
+                          "go with --ray: add --ray")
+    defaults = {key: value for key, value in dict(preset=preset, iterations=iterations, seed=seed,
+                                                  save_every=save_every).items() if value is not None}
+    defaults["size"] = size or None
+    if jobs is not None:
+        job_list = read_jobs(jobs, out_dir, defaults)
+    elif contents is None or styles is None:
+        raise ConfigError("--contents and --styles go together: give both")
+    else:
+        job_list = cross_jobs(contents, styles, out_dir, defaults)
+    engine_options = dict(models_dir=models_dir, provider=provider, threads=threads)
+    if ray:
+        runner = RayRunner(ray_address, cpus_per_job, gpus_per_job, workers, retries, scratch, engine_options)
+    else:
+        runner = LocalRunner(Engine(**engine_options))
+    try:
+        with ProgressDisplay(quiet) as display:
+            summary = run_batch(job_list, out_dir, runner, display)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (engine.run.signals)
+        typer.secho(f"interrupted: run the same command again to go on; state {out_dir / STATE_NAME}",
+                    err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(signals.exit_status()) from None
+    typer.echo(str(summary.state))
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command(cls=Command, epilog="Example: nst info --models-dir exported_models")
@@ -349,6 +466,121 @@ def bench(
     json_path, md_path = write_results(result, out_dir)
     typer.echo(markdown(result))
     typer.echo(f"written {json_path} and {md_path}", err=True)
+
+
+@app.command(cls=Command, epilog="Examples: nst serve; nst serve --host 0.0.0.0 --port 8080 --token $NST_TOKEN")
+@user_errors
+def serve(
+    host: Annotated[str, _opt(RUNTIME, "Address to listen on; any but loopback needs a token (default: 127.0.0.1).")]
+    = "127.0.0.1",
+    port: Annotated[int, _opt(RUNTIME, "Port to listen on (default: 8080).")] = 8080,
+    data_dir: Annotated[Optional[Path], _opt(
+        OUTPUT, "Folder of the jobs, kept across restarts (default: ~/.local/share/nst/serve).")] = None,
+    token: Annotated[Optional[str], _opt(
+        RUNTIME, "Secret every request must carry (default: $NST_TOKEN, else none, allowed only on loopback).")]
+    = None,
+    max_upload_mb: Annotated[float, _opt(RUNTIME, "Largest uploaded image file in MB (default: 20).")] = 20.0,
+    max_pixels: Annotated[int, _opt(RUNTIME, "Largest uploaded image or output in pixels (default: 25000000).")]
+    = 25_000_000,
+    workers: Annotated[int, _opt(RUNTIME, "Jobs run at once, each on its own engine (default: 1).")] = 1,
+    provider: Annotated[Provider, _opt(RUNTIME, "Execution provider: auto takes CUDA when it starts (default: auto).")]
+    = Provider.AUTO,
+    threads: Annotated[Optional[int], _opt(RUNTIME, "CPU threads for ONNX Runtime per job (default: all cores).")]
+    = None,
+    allow_origin: Annotated[Optional[list[str]], _opt(
+        RUNTIME, "Public origin of a reverse proxy in front, e.g. https://example.org; repeatable (default: none).")]
+    = None,
+    models_dir: ModelsDir = None,
+):
+    """Serve the web page and the HTTP job API (needs the package's serve extra)."""
+    try:
+        from .serve.app import run_server
+    except ImportError as exc:
+        raise ConfigError(f"nst serve needs the serve extra ({exc.name} is missing): "
+                          "pip install -e '.[serve]'") from None
+    from .serve.settings import ServeSettings
+
+    settings = ServeSettings(host=host, port=port, data_dir=data_dir, token=token, max_upload_mb=max_upload_mb,
+                             max_pixels=max_pixels, workers=workers, models_dir=models_dir, provider=provider,
+                             threads=threads, allowed_origins=tuple(allow_origin or ()))
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"serving http://{shown}:{port}/ (jobs in {settings.data_dir}); Ctrl-C stops", err=True)
+    run_server(settings)
+
+
+@app.command(cls=Command, epilog="Example: nst submit cat.jpg starry_night.jpg --server http://127.0.0.1:8080/ "
+                                 "-o cat.png --size 384 --preset starry_tubingen")
+@user_errors
+def submit(
+    content: Annotated[Path, typer.Argument(metavar="CONTENT", help="Content image (the photo).", show_default=False)],
+    style: Annotated[str, typer.Argument(metavar="STYLE", show_default=False,
+                                         help="Style image(s), comma-separated to blend several.")],
+    server: Annotated[str, _opt(RUNTIME, "The server's URL, e.g. http://127.0.0.1:8080/. Required.")] = ...,
+    output: Annotated[Path, _opt(OUTPUT, "Where the result PNG goes (default: result.png).", "--output", "-o")]
+    = Path("result.png"),
+    preset: Annotated[Optional[str], _opt(SEED, f"One of {', '.join(PRESETS)} (default: none).")] = None,
+    size: Annotated[Optional[int], _opt(SEED, "Longest edge of the output in px (default: 512).")] = None,
+    iterations: Annotated[Optional[int], _opt(SEED, f"Iterations {_default('iterations')}")] = None,
+    maxfun: Annotated[Optional[int], _opt(SEED, f"Evaluations per iteration {_default('maxfun')}")] = None,
+    content_weight: Annotated[Optional[float], _opt(SEED, f"Weight of the content loss {_default('content_weight')}")]
+    = None,
+    tv_weight: Annotated[Optional[float], _opt(SEED, f"Weight of the total-variation loss {_default('tv_weight')}")]
+    = None,
+    style_blend: Annotated[Optional[str], _opt(
+        BEYOND, "Weights of the style images, comma-separated, one per image (default: equal).")] = None,
+    param: Annotated[Optional[list[str]], _opt(
+        BEYOND, "Any other stylize setting as NAME=JSON, e.g. seed=3 or tol=0.001; repeatable (default: none).")]
+    = None,
+    token: Annotated[Optional[str], _opt(RUNTIME, "The server's token (default: $NST_TOKEN).")] = None,
+):
+    """Send a job to an nst server, show its progress, download the result."""
+    from .io.images import check_writable
+    from .serve.client import Client, submit_and_wait
+
+    if output.suffix.lower() != ".png":
+        raise ConfigError(f"{output}: the server sends a PNG: give an output ending in .png")
+    check_writable(output)
+    params = {k: v for k, v in dict(preset=preset, size=size, iterations=iterations, maxfun=maxfun,
+                                    content_weight=content_weight, tv_weight=tv_weight,
+                                    style_blend=_csv(style_blend, float, "--style-blend")).items() if v is not None}
+    for item in param or []:
+        params.update(_json_param(item))
+    client = Client(server, token or os.environ.get("NST_TOKEN"))
+    started = time.perf_counter()
+    try:
+        last = submit_and_wait(client, content, [Path(p) for p in _csv(style)], params, output, _show_server_event)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: the job was cancelled on the server", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(130) from None
+    if last.event != "finished":
+        typer.secho(f"job {last.data.get('job')} {last.event}: no result", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(1)
+    typer.echo(f"done in {time.perf_counter() - started:.1f} s", err=True)
+    typer.echo(str(output))
+
+
+def _json_param(item: str) -> dict:
+    name, sep, value = item.partition("=")
+    try:
+        if sep:
+            return {name.strip(): json.loads(value)}
+    except ValueError:
+        pass
+    raise ConfigError(f"--param {item!r} is not NAME=JSON: e.g. --param seed=3 or --param 'init=\"content\"'")
+
+
+def _show_server_event(event) -> None:
+    data = event.data
+    if event.event == "queued":
+        typer.echo(f"job {data['job']}: queued at position {data.get('position')}", err=True)
+    elif event.event == "prepared":
+        typer.echo(f"{data['width']}x{data['height']} px on {data['provider']}, ready in {data['seconds']:.1f} s",
+                   err=True)
+    elif event.event == "iteration":
+        typer.echo(f"iteration {data['iteration']}/{data['iterations']}: loss {data['loss']:.3e}, "
+                   f"{data['seconds']:.1f} s", err=True)
+    elif event.event in ("cancelled", "interrupted"):
+        typer.echo(f"job {data['job']} {event.event}", err=True)
 
 
 def main() -> None:

@@ -94,6 +94,15 @@ class TransferConfig:
     sheet, gif, plot: also write a contact sheet of the snapshots, an animated GIF of them, and
                     a loss-curve PNG (plot needs matplotlib: the 'plot' extra).
     bit_depth:      8, or 16 for 16-bit PNG/TIFF output.
+    content_masks:  regions (guided Grams, Gatys et al. 2017): one mask image per style image,
+                    saying where that style applies (white or opaque = there; any size,
+                    resized to the working size); together they must cover the image.
+                    None: every style applies everywhere.
+    style_masks:    with content_masks, one mask per style image saying which part of it its
+                    statistics come from; None: the whole style image.
+    tileable:       the output wraps around (seamless tiles): every convolution sees the image
+                    as a torus and the total variation wraps; the output keeps the working size.
+    tile_preview:   also write a 2x2 mosaic of the result (``<stem>_tiled.png``) to check the seams.
     max_megapixels: the largest input image read (width * height / 1e6); larger ones are
                     refused before decoding.
     """
@@ -126,6 +135,10 @@ class TransferConfig:
     gif: bool = False
     plot: bool = False
     bit_depth: int = 8
+    content_masks: tuple[str, ...] | None = None
+    style_masks: tuple[str, ...] | None = None
+    tileable: bool = False
+    tile_preview: bool = False
     max_megapixels: float = MAX_MEGAPIXELS
 
     def __post_init__(self) -> None:
@@ -198,6 +211,33 @@ class TransferConfig:
         put("max_megapixels", _weight("max_megapixels", self.max_megapixels))
         if not self.max_megapixels > 0:
             raise ConfigError("max_megapixels must be > 0")
+        self._check_masks(put)
+        for flag in ("tileable", "tile_preview"):
+            put(flag, bool(getattr(self, flag)))
+        if self.tileable and self.preserve_colors is PreserveColors.LUMINANCE:
+            raise ConfigError("tileable and preserve_colors luminance do not mix: the content's colours put back "
+                              "after the run would not wrap; use preserve_colors histogram")
+
+    def _check_masks(self, put) -> None:
+        for name in ("content_masks", "style_masks"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            paths = tuple(str(p) for p in _as_tuple(value))
+            if not paths:
+                raise ConfigError(f"{name} is empty: give one mask image per style image (or None)")
+            for path in paths:
+                if not Path(path).is_file():
+                    raise ConfigError(f"{name}: mask '{path}' is not an existing image file, check the path")
+            put(name, paths)
+        if self.style_masks is not None:
+            if self.content_masks is None:
+                raise ConfigError("style_masks need content_masks: they say where each masked style applies")
+            if len(self.style_masks) != len(self.content_masks):
+                raise ConfigError(f"{len(self.style_masks)} style masks for {len(self.content_masks)} content "
+                                  "masks: give one of each per style image")
+        if self.content_masks is not None and self.style_blend is not None:
+            raise ConfigError("style_blend and content_masks do not mix: with masks each style has its own region")
 
     def replace(self, **changes: Any) -> TransferConfig:
         """A copy with ``changes`` applied, validated again."""

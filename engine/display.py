@@ -16,15 +16,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
-from .run.transfer import Evaluated, IterationDone, Prepared, TransferResult
+from .batch.runner import BatchEnded, BatchStarted, JobEnded, JobProgress, JobStarted
+from .run.events import Evaluated, IterationDone, Prepared
+from .run.records import TransferResult
 
 
 class ProgressDisplay:
     """A callback for ``StyleTransfer.run`` that shows its progress; use it as a context manager.
 
     ``console``: where to draw (default: stderr); its ``is_terminal`` chooses the live
-    display or plain lines. For a batch: ``start_batch(total)``, then ``start_job(name)``
-    and ``finish_job(name, error)`` around each job's run with this object as callback.
+    display or plain lines. It is also the callback of ``run_batch``: the batch's events
+    (BatchStarted, JobStarted, JobProgress, JobEnded, BatchEnded) drive ``start_batch``,
+    ``start_job`` and ``finish_job`` around each job's own events.
     """
 
     def __init__(self, quiet: bool = False, console: Console | None = None):
@@ -32,6 +35,7 @@ class ProgressDisplay:
         self.console = console or Console(stderr=True, highlight=False)
         self.live = self.console.is_terminal and not quiet
         self.last_snapshot: Path | None = None
+        self.prepared = False  # a run that got this far writes its record however it ends
         self._progress: Progress | None = None
         self._run: TaskID | None = None
         self._jobs: TaskID | None = None
@@ -69,8 +73,12 @@ class ProgressDisplay:
     # -- one run's events -----------------------------------------------------------------
 
     def __call__(self, event) -> None:
+        if isinstance(event, (BatchStarted, JobStarted, JobProgress, JobEnded, BatchEnded)):
+            self._batch_event(event)
+            return
         if isinstance(event, IterationDone) and event.snapshot:
             self.last_snapshot = event.snapshot
+        self.prepared = self.prepared or isinstance(event, Prepared)
         if isinstance(event, Prepared):
             scale = f"scale {event.scale}/{event.scales}: " if event.scales > 1 else ""
             self._line(f"{self._prefix()}{scale}{event.width}x{event.height} px on {event.provider}, "
@@ -116,10 +124,11 @@ class ProgressDisplay:
 
     # -- a batch of runs ------------------------------------------------------------------
 
-    def start_batch(self, total: int) -> None:
+    def start_batch(self, total: int, line: str | None = None) -> None:
+        """A batch of ``total`` jobs to run starts; ``line`` says so (default: the count)."""
         if self.live:
             self._jobs = self._bars().add_task("jobs", total=total, status="")
-        self._line(f"{total} job{'s' if total != 1 else ''}")
+        self._line(line or f"{total} job{'s' if total != 1 else ''}")
 
     def start_job(self, name: str) -> None:
         self._job = name
@@ -127,15 +136,36 @@ class ProgressDisplay:
         if self._jobs is not None and self._progress is not None:
             self._progress.update(self._jobs, status=self._job_status(), refresh=True)
 
-    def finish_job(self, name: str, error: str | None = None) -> None:
-        """One job ended: ``error`` is its one-line message when it failed."""
+    def finish_job(self, name: str, error: str | None = None, detail: str = "") -> None:
+        """One job ended: ``error`` is its one-line message when it failed; ``detail`` ends its line."""
         self._end_run()
         self._failed += error is not None
-        self._line(f"{name}: failed: {error}" if error else f"{name}: done")
+        self._line((f"{name}: failed: {error}" if error else f"{name}: done") + detail)
         self._job = ""
         if self._jobs is not None and self._progress is not None:
             self._progress.advance(self._jobs)
             self._progress.update(self._jobs, status=self._job_status(), refresh=True)
+
+    def _batch_event(self, event) -> None:
+        if isinstance(event, BatchStarted):
+            skipped = f", {event.skipped} finished before" if event.skipped else ""
+            resumed = f", {event.resumed} to resume" if event.resumed else ""
+            self.start_batch(event.to_run, f"{event.total} job{'s' if event.total != 1 else ''}{skipped}{resumed}: "
+                                           f"{event.to_run} to run")
+        elif isinstance(event, JobStarted):
+            self.start_job(event.name)
+            self._line(f"[{event.number}/{event.to_run}] {'resuming' if event.resume else 'starting'} "
+                       f"{event.name} on {event.worker}")
+        elif isinstance(event, JobProgress):
+            self(event.event)
+        elif isinstance(event, JobEnded):
+            status = "" if event.status in ("finished", "failed") else f" ({event.status})"
+            self.finish_job(event.name, event.error if event.status == "failed" else None,
+                            f"{status} in {event.seconds:.1f} s; {event.done} done, {event.failed} failed of "
+                            f"{event.total}, eta {event.eta:.0f} s")
+        elif isinstance(event, BatchEnded):
+            counts = ", ".join(f"{n} {status}" for status, n in event.counts.items() if n)
+            self._line(f"batch: {counts} in {event.seconds:.1f} s")
 
     def _job_status(self) -> str:
         failed = f"{self._failed} failed" if self._failed else ""

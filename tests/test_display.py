@@ -7,7 +7,8 @@ from pathlib import Path
 from rich.console import Console
 
 from engine.display import ProgressDisplay
-from engine.run.transfer import Evaluated, IterationDone, Prepared, TransferResult
+from engine.run.events import Evaluated, IterationDone, Prepared
+from engine.run.records import TransferResult
 
 
 def console(terminal: bool) -> Console:

@@ -32,7 +32,7 @@ GRAD_REL_L2 = 1e-3      # ||grad - ref|| / ||ref||
 # else would drop nodes to the CPU mid-graph (a copy both ways per evaluation).
 CUDA_OPS = {"Conv", "Relu", "MaxPool", "AveragePool", "Resize", "Equal", "Greater", "Cast", "Mul",
             "Add", "Sub", "Slice", "Pad", "Transpose", "MatMul", "ReduceSum", "Reshape", "Squeeze",
-            "Unsqueeze", "Identity"}
+            "Unsqueeze", "Identity", "Concat"}
 # Shape-computing or data-dependent ops: they break CUDA graph capture or run on the CPU.
 FORBIDDEN_OPS = {"Shape", "Size", "ConstantOfShape", "NonZero", "MaxUnpool", "Range"}
 
@@ -218,9 +218,11 @@ def test_loss_graph_of_a_layer_below_the_deepest_style_layer_stops_at_the_deepes
 
 
 @pytest.mark.parametrize("pooling", ["max", "avg"])
-@pytest.mark.parametrize("choice", [MIXED, LayerChoice("block4_conv2", SEED_STYLE_LAYERS)], ids=["mixed", "seed"])
+@pytest.mark.parametrize("choice", [
+    MIXED, LayerChoice("block4_conv2", SEED_STYLE_LAYERS),
+    LayerChoice("block4_conv2", SEED_STYLE_LAYERS, regions=2, tileable=True)], ids=["mixed", "seed", "regions-tiles"])
 def test_graphs_use_only_cuda_ops_and_no_shape_ops(synthetic_features, choice, pooling):
-    choice = LayerChoice(choice.content_layer, choice.style_layers, pooling)
+    choice = LayerChoice(choice.content_layer, choice.style_layers, pooling, choice.regions, choice.tileable)
     for model in (lossgrad.build_loss_graph(synthetic_features, choice),
                   lossgrad.build_targets_graph(synthetic_features, choice)):
         ops = graph_ops(model)

@@ -12,6 +12,13 @@ Both share the forward steps up to the deepest chosen layer (with the chosen poo
 
 With average pooling each pool's output is multiplied by a scalar input
 ``pool_scale.<pool>`` (see :func:`engine.transfer` for how it is chosen), in both graphs.
+
+With ``regions`` R > 0 (guided Grams, Gatys et al. 2017) the loss graph takes per region r
+a ``region_mask.r`` (1,1,H,W) instead of one style target per layer, and per style layer a
+``gram_target.L.r`` and ``style_weight.L.r``; the targets graph takes a ``style_mask``
+(1,1,H,W) and its ``gram.L`` are of the masked features. Masks reach each layer's
+resolution by a 2x2 average per pool. With ``tileable`` every convolution pads circularly
+(the image is a torus) and the total variation wraps.
 """
 from __future__ import annotations
 
@@ -30,21 +37,30 @@ from ..models.export import INPUT_NAME, model_metadata, read_feature_model, writ
 from ..models.store import cache_dir
 from .builder import GraphBuilder
 from .ops import RULES, Step
-from .terms import content_term, gram, style_term, tv_term
+from .terms import content_term, gram, guided_style_term, halve_mask, style_term, tv_term, tv_term_wrapped
 
 # Part of the cache key: bump it whenever the graphs this module builds change.
 GRAPH_VERSION = "2"
 
 CONTENT_TARGET, CONTENT_WEIGHT, TV_WEIGHT = "content_target", "content_weight", "tv_weight"
 LOSS, CONTENT, TV, GRAD = "loss", "content", "tv", "grad"
+STYLE_MASK = "style_mask"
 
 
-def gram_target(layer: str) -> str:
-    return f"gram_target.{layer}"
+def _region(name: str, region: int | None) -> str:
+    return name if region is None else f"{name}.{region}"
 
 
-def style_weight(layer: str) -> str:
-    return f"style_weight.{layer}"
+def gram_target(layer: str, region: int | None = None) -> str:
+    return _region(f"gram_target.{layer}", region)
+
+
+def style_weight(layer: str, region: int | None = None) -> str:
+    return _region(f"style_weight.{layer}", region)
+
+
+def region_mask(region: int) -> str:
+    return f"region_mask.{region}"
 
 
 def style_output(layer: str) -> str:
@@ -68,6 +84,8 @@ class LayerChoice:
     content_layer: str
     style_layers: tuple[str, ...]
     pooling: str = "max"
+    regions: int = 0         # guided Grams: the number of masked regions (0: one Gram per layer, unmasked)
+    tileable: bool = False   # circular padding and a wrapping total variation
 
     def deepest(self, arch: str) -> str:
         order = vgg.conv_layer_names(arch)
@@ -83,7 +101,9 @@ def forward_steps(feature_model: onnx.ModelProto, choice: LayerChoice) -> list[S
             raise ValueError(f"no backward rule for {node.op_type} (node {node.name})")
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         x, y, params = node.input[0], node.output[0], tuple(node.input[1:])
-        if node.op_type == "MaxPool" and choice.pooling == "avg":
+        if node.op_type == "Conv" and choice.tileable:
+            steps.append(Step("CircularConv", x, y, params, attrs))
+        elif node.op_type == "MaxPool" and choice.pooling == "avg":
             steps.append(Step("AveragePool", x, f"{y}/avg", params, attrs))
             steps.append(Step("Mul", f"{y}/avg", y, (pool_scale(y),)))
         else:
@@ -117,11 +137,23 @@ def _channels(feature_model: onnx.ModelProto, layer: str) -> int:
     return vgg.conv_layer(model_metadata(feature_model)["architecture"], layer).out_channels
 
 
+def _masks_at_layers(b: GraphBuilder, mask: str, arch: str, layers: tuple[str, ...]) -> dict[str, str]:
+    """``mask`` (1,1,H,W) brought to each layer's resolution, one 2x2 average per pool before it."""
+    by_factor = {1: mask}
+    for layer in layers:
+        factor = 1
+        while factor < vgg.conv_layer(arch, layer).downsampling:
+            if 2 * factor not in by_factor:
+                by_factor[2 * factor] = halve_mask(b, by_factor[factor])
+            factor *= 2
+    return {layer: by_factor[vgg.conv_layer(arch, layer).downsampling] for layer in layers}
+
+
 def _finish(b: GraphBuilder, feature_model: onnx.ModelProto, choice: LayerChoice, kind: str) -> onnx.ModelProto:
     meta = model_metadata(feature_model)
     metadata = {**meta, "graph": kind, "content_layer": choice.content_layer,
                 "style_layers": json.dumps(list(choice.style_layers)), "pooling": choice.pooling,
-                "graph_version": GRAPH_VERSION}
+                "graph_version": GRAPH_VERSION, **_variant(choice)}
     model = b.model(f"{meta['architecture']}_{kind}", metadata)
     onnx.checker.check_model(model)
     return model
@@ -131,9 +163,14 @@ def build_targets_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> 
     b, _ = _forward(feature_model, choice)
     channels = _channels(feature_model, choice.content_layer)
     b.output(features_output(choice.content_layer), choice.content_layer, [1, channels, "h", "w"])
+    masks = {}
+    if choice.regions:
+        arch = model_metadata(feature_model)["architecture"]
+        masks = _masks_at_layers(b, b.input(STYLE_MASK, [1, 1, "height", "width"]), arch, choice.style_layers)
     for layer in choice.style_layers:
         channels = _channels(feature_model, layer)
-        b.output(gram_output(layer), gram(b, layer)[0], [channels, channels])
+        features = b.op("Mul", layer, masks[layer]) if masks else layer
+        b.output(gram_output(layer), gram(b, features)[0], [channels, channels])
     return _finish(b, feature_model, choice, "targets")
 
 
@@ -145,14 +182,22 @@ def build_loss_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onn
     content, seed = content_term(b, choice.content_layer, target, b.input(CONTENT_WEIGHT, []))
     seeds.setdefault(choice.content_layer, []).append(seed)
     style_losses = []
+    arch = model_metadata(feature_model)["architecture"]
+    masks = [_masks_at_layers(b, b.input(region_mask(r), [1, 1, "height", "width"]), arch, choice.style_layers)
+             for r in range(choice.regions)]
     for layer in choice.style_layers:
         channels = _channels(feature_model, layer)
-        loss, seed = style_term(b, layer, b.input(gram_target(layer), [channels, channels]),
-                                b.input(style_weight(layer), []))
+        if choice.regions:
+            loss, seed = guided_style_term(b, layer, [
+                (masks[r][layer], b.input(gram_target(layer, r), [channels, channels]),
+                 b.input(style_weight(layer, r), [])) for r in range(choice.regions)])
+        else:
+            loss, seed = style_term(b, layer, b.input(gram_target(layer), [channels, channels]),
+                                    b.input(style_weight(layer), []))
         b.output(style_output(layer), loss, [])
         style_losses.append(loss)
         seeds.setdefault(layer, []).append(seed)
-    tv, tv_grad = tv_term(b, INPUT_NAME, b.input(TV_WEIGHT, []))
+    tv, tv_grad = (tv_term_wrapped if choice.tileable else tv_term)(b, INPUT_NAME, b.input(TV_WEIGHT, []))
 
     # Reverse mode: walk the steps backwards, summing the gradients reaching each tensor.
     grads: dict[str, str] = {}
@@ -195,7 +240,7 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
     feature_model = read_feature_model(model_path)
     meta = model_metadata(feature_model)
     key = json.dumps([GRAPH_VERSION, meta["weights_sha256"], choice.content_layer,
-                      list(choice.style_layers), choice.pooling])
+                      list(choice.style_layers), choice.pooling] + ([_variant(choice)] if _variant(choice) else []))
     stem = f"{meta['architecture']}-g{GRAPH_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     names = {"targets": f"{stem}-targets.onnx", "loss": f"{stem}-loss.onnx"}
     builders = {"targets": build_targets_graph, "loss": build_loss_graph}
@@ -215,6 +260,12 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
         paths[kind] = write_model(model, folder / name)
         _remove_other_versions(folder)
     return Graphs(paths["targets"], paths["loss"], tuple(pools(forward_steps(feature_model, choice))), meta)
+
+
+def _variant(choice: LayerChoice) -> dict[str, str]:
+    """The regions and tileable settings where not the default (the default graphs keep their names)."""
+    return {**({"regions": str(choice.regions)} if choice.regions else {}),
+            **({"tileable": "true"} if choice.tileable else {})}
 
 
 def _remove_other_versions(folder: Path) -> None:

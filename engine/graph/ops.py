@@ -36,12 +36,36 @@ def _emit(b: GraphBuilder, step: Step) -> None:
     b.op(step.op_type, step.x, *step.params, name=step.y, **step.attrs)
 
 
-def _conv_backward(b: GraphBuilder, step: Step, dy: str) -> str:
-    # A forward Conv with the kernel's in/out swapped and flipped (1.3-1.6x faster than
-    # ConvTranspose on CPU). Derived in-graph so ORT folds it to a constant at load.
+def _flipped_kernel(b: GraphBuilder, step: Step) -> str:
+    # The kernel's in/out swapped and flipped: a forward Conv with it is the adjoint (1.3-1.6x
+    # faster than ConvTranspose on CPU). Derived in-graph so ORT folds it to a constant at load.
     swapped = b.op("Transpose", step.params[0], perm=[1, 0, 2, 3])
-    flipped = b.op("Slice", swapped, b.ints(-1, -1), b.ints(-INT64_MAX, -INT64_MAX), b.ints(2, 3), b.ints(-1, -1))
-    return b.op("Conv", dy, flipped, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    return b.op("Slice", swapped, b.ints(-1, -1), b.ints(-INT64_MAX, -INT64_MAX), b.ints(2, 3), b.ints(-1, -1))
+
+
+def _conv_backward(b: GraphBuilder, step: Step, dy: str) -> str:
+    return b.op("Conv", dy, _flipped_kernel(b, step), kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+
+
+def wrap_pad(b: GraphBuilder, x: str) -> str:
+    """``x`` (N,C,h,w) with one row/column of the opposite edge added on each side: (N,C,h+2,w+2).
+
+    A Concat of slices works at any opset (Pad's "wrap" mode needs opset 19; the graphs are at 17).
+    """
+    rows = b.op("Concat", b.crop(x, (-1, 0), (INT64_MAX, INT64_MAX)), x, b.crop(x, (0, 0), (1, INT64_MAX)), axis=2)
+    return b.op("Concat", b.crop(rows, (0, -1), (INT64_MAX, INT64_MAX)), rows,
+                b.crop(rows, (0, 0), (INT64_MAX, 1)), axis=3)
+
+
+def _circular_conv_forward(b: GraphBuilder, step: Step) -> None:
+    # The image as a torus (--tileable): the 3x3 conv's border sees the opposite edge, not zeros.
+    b.op("Conv", wrap_pad(b, step.x), *step.params, name=step.y, **{**step.attrs, "pads": [0, 0, 0, 0]})
+
+
+def _circular_conv_backward(b: GraphBuilder, step: Step, dy: str) -> str:
+    # A circular convolution's adjoint is the circular convolution with the flipped kernel:
+    # the gradient reaching the wrapped border folds back onto the opposite edge.
+    return b.op("Conv", wrap_pad(b, dy), _flipped_kernel(b, step), kernel_shape=[3, 3], pads=[0, 0, 0, 0])
 
 
 def _relu_backward(b: GraphBuilder, step: Step, dy: str) -> str:
@@ -72,6 +96,7 @@ def _scale_backward(b: GraphBuilder, step: Step, dy: str) -> str:
 
 RULES: dict[str, Rule] = {
     "Conv": Rule(_emit, _conv_backward),
+    "CircularConv": Rule(_circular_conv_forward, _circular_conv_backward),  # a Conv on a torus (tileable)
     "Relu": Rule(_emit, _relu_backward),
     "MaxPool": Rule(_emit, _maxpool_backward),
     "AveragePool": Rule(_emit, _avgpool_backward),

@@ -213,3 +213,10 @@ def _writing(path: Path) -> Iterator[Path]:
             yield tmp
     except OSError as exc:
         raise ImageError(f"cannot write '{path}': {' '.join(str(exc).split()) or type(exc).__name__}") from None
+
+
+def tile_mosaic(image: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a PNG of 2x2 copies of a uint8 (H, W, 3) image, side by side and above each other,
+    so the seams a tile would show (or their absence) are in plain view."""
+    with _writing(Path(path)) as tmp:
+        Image.fromarray(np.tile(image, (2, 2, 1)), "RGB").save(tmp, format="PNG")

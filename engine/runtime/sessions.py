@@ -59,11 +59,17 @@ def _quiet_ort() -> Iterator[None]:
 
 
 def create_session(model: str | Path | bytes, provider: Provider | str = Provider.AUTO,
-                   threads: int | None = None, cuda_options: dict | None = None) -> ort.InferenceSession:
-    """A session on ``provider``; ``cuda`` raises ProviderError when CUDA cannot start."""
+                   threads: int | None = None, cuda_options: dict | None = None,
+                   arena: bool = True) -> ort.InferenceSession:
+    """A session on ``provider``; ``cuda`` raises ProviderError when CUDA cannot start.
+
+    ``arena=False``: the CPU allocator gives each run's activations back instead of
+    keeping them for the session's next run (for sessions that stay open but run seldom).
+    """
     provider = Provider(provider)
     model = str(model) if isinstance(model, Path) else model
     options = session_options(threads)
+    options.enable_cpu_mem_arena = arena
     wants_cuda = provider is Provider.CUDA or (provider is Provider.AUTO and cuda_device_present())
     if wants_cuda and CUDA not in ort.get_available_providers():
         if provider is Provider.CUDA:

@@ -1,0 +1,126 @@
+"""Reading and validating a batch's jobs: CSV and JSON Lines files, --contents/--styles,
+and the one line a bad row gets (its file, line and what is wrong)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import ConfigError, TransferConfig, preset_config
+from engine.batch.jobs import cross_jobs, read_jobs
+
+
+def _png(path: Path, value: int = 0) -> Path:
+    Image.fromarray(np.full((20, 30, 3), value, np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    for name, value in [("cat.png", 10), ("dog.png", 20), ("starry.png", 30), ("wave.png", 40)]:
+        _png(tmp_path / name, value)
+    return tmp_path
+
+
+def _csv(folder: Path, text: str) -> Path:
+    path = folder / "jobs.csv"
+    path.write_text(text)
+    return path
+
+
+def test_csv_rows_become_jobs_with_configs_outputs_and_paths_relative_to_the_file(folder):
+    path = _csv(folder, "content,style,output,size,iterations,style_weights,preset,clip-pixels\n"
+                        "cat.png,starry.png,,64,2,,,\n"
+                        'dog.png,"starry.png,wave.png",sub/dog.jpg,32,,,,true\n'
+                        "dog.png,wave.png,,,,\"1,2,3,4,5\",starry_tubingen,\n")
+    jobs = read_jobs(path, folder / "out")
+    assert [job.line for job in jobs] == [2, 3, 4]
+    assert jobs[0].content == folder / "cat.png" and jobs[0].styles == (folder / "starry.png",)
+    assert jobs[0].output == folder / "out" / "cat_starry.png" and jobs[0].name == "cat_starry.png"
+    assert jobs[0].config == TransferConfig(size=64, iterations=2)
+    assert jobs[1].styles == (folder / "starry.png", folder / "wave.png")
+    assert jobs[1].output == folder / "out" / "sub" / "dog.jpg" and jobs[1].name == "sub/dog.jpg"
+    assert jobs[1].config == TransferConfig(size=32, clip_pixels=True)
+    assert jobs[2].config == preset_config("starry_tubingen", style_weights=(1, 2, 3, 4, 5))
+
+
+def test_json_lines_take_json_values(folder):
+    path = folder / "jobs.jsonl"
+    path.write_text(json.dumps({"content": "cat.png", "style": ["starry.png", "wave.png"], "style_blend": [0.7, 0.3],
+                                "size": 48, "init": "content"}) + "\n\n"
+                    + json.dumps({"content": str(folder / "dog.png"), "style": "wave.png", "output": "d.png"}) + "\n")
+    jobs = read_jobs(path, folder / "out")
+    assert [job.line for job in jobs] == [1, 3]
+    assert jobs[0].config == TransferConfig(size=48, init="content", style_blend=(0.7, 0.3))
+    assert jobs[1].content == folder / "dog.png" and jobs[1].output == folder / "out" / "d.png"
+
+
+@pytest.mark.parametrize("rows, line, words", [
+    ("cat.png,starry.png,64\nnope.png,starry.png,64\n", 3, ["content image", "nope.png", "does not exist"]),
+    ("cat.png,starry.png,64\ncat.png,starry.png,big\n", 3, ["size must be a whole number, got 'big'"]),
+    ("cat.png,starry.png,8\n", 2, ["size must be at least 16"]),
+    ("cat.png,,64\n", 2, ["no style image"]),
+    ("cat.png,starry.png,64\ndog.png,starry.png,64,extra\n", 3, ["more cells than the header"]),
+    ("cat.png,starry.png,64\ncat.png,starry.png,32\n", 3, ["cat_starry.png", "also the output of line 2"]),
+    ("cat.png,jobs.csv,64\n", 2, ["style image", "not an image"]),
+])
+def test_a_bad_row_is_refused_with_its_line_and_what_is_wrong(folder, rows, line, words):
+    path = _csv(folder, "content,style,size\n" + rows)
+    with pytest.raises(ConfigError) as error:
+        read_jobs(path, folder / "out")
+    message = str(error.value)
+    assert message.startswith(f"{path}:{line}: "), message
+    for word in words:
+        assert word in message
+
+
+def test_unknown_columns_and_bad_json_name_their_line(folder):
+    with pytest.raises(ConfigError, match=r"jobs.csv:2: unknown key 'colour'"):
+        read_jobs(_csv(folder, "content,style,colour\ncat.png,wave.png,red\n"), folder)
+    path = folder / "jobs.jsonl"
+    path.write_text('{"content": "cat.png", "style": "wave.png"}\n{"content": "cat.png",\n')
+    with pytest.raises(ConfigError, match=r"jobs.jsonl:2: not valid JSON"):
+        read_jobs(path, folder)
+    path.write_text('["cat.png", "wave.png"]\n')
+    with pytest.raises(ConfigError, match=r"jobs.jsonl:1: a job is a JSON object"):
+        read_jobs(path, folder)
+
+
+def test_an_output_that_is_an_input_is_refused(folder):
+    with pytest.raises(ConfigError, match="is an input of the batch"):
+        read_jobs(_csv(folder, f"content,style,output\ncat.png,wave.png,{folder / 'dog.png'}\n"
+                               "dog.png,wave.png,\n"), folder)
+
+
+def test_missing_or_empty_jobs_files_are_refused(folder):
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_jobs(folder / "none.csv", folder)
+    with pytest.raises(ConfigError, match="holds no jobs"):
+        read_jobs(_csv(folder, "content,style\n"), folder)
+
+
+def test_contents_and_styles_folders_or_globs_give_every_pair(folder, tmp_path):
+    (folder / "styles").mkdir()
+    for name in ("starry.png", "wave.png"):
+        (folder / name).rename(folder / "styles" / name)
+    jobs = cross_jobs(str(folder / "*.png"), folder / "styles", folder / "out", {"size": 32})
+    assert [(job.content.name, job.styles[0].name) for job in jobs] == [
+        ("cat.png", "starry.png"), ("cat.png", "wave.png"), ("dog.png", "starry.png"), ("dog.png", "wave.png")]
+    assert {job.name for job in jobs} == {"cat_starry.png", "cat_wave.png", "dog_starry.png", "dog_wave.png"}
+    assert all(job.config.size == 32 for job in jobs)
+    with pytest.raises(ConfigError, match="--styles .* matches no image"):
+        cross_jobs(folder / "*.png", folder / "nothing", folder / "out")
+
+
+def test_the_key_changes_with_the_config_and_the_input_bytes_only(folder):
+    path = _csv(folder, "content,style,size\ncat.png,wave.png,32\n")
+    first = read_jobs(path, folder / "out")[0].key()
+    assert read_jobs(path, folder / "elsewhere")[0].key() == first
+    _csv(folder, "content,style,size\ncat.png,wave.png,48\n")
+    assert read_jobs(path, folder / "out")[0].key() != first
+    _csv(folder, "content,style,size\ncat.png,wave.png,32\n")
+    _png(folder / "cat.png", 11)
+    assert read_jobs(path, folder / "out")[0].key() != first
