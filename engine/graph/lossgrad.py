@@ -2,8 +2,11 @@
 
 Both share the forward steps up to the deepest chosen layer (with the chosen pooling):
 
-- the **targets graph**: ``image`` -> ``features.<content layer>`` (1,C,h,w) and
-  ``gram.<style layer>`` (C,C), run once per content/style image;
+- the two **targets graphs**, each computing only what its image is needed for: the
+  content graph ``image`` -> ``features.<content layer>`` (1,C,h,w), forward to the
+  content layer only, run once on the content image; the style graph ``image`` ->
+  ``gram.<style layer>`` (C,C), forward to the deepest style layer, run once per style
+  image (ONNX Runtime runs every node of a graph whatever outputs are asked for);
 - the **loss-gradient graph**: inputs ``image`` (1,3,H,W); ``content_target``
   (1,C,h,w); per style layer L a ``gram_target.L`` (C,C) and a scalar
   ``style_weight.L``; scalars ``content_weight`` and ``tv_weight``. Outputs
@@ -32,7 +35,7 @@ from .ops import RULES, Step
 from .terms import content_term, gram, style_term, tv_term
 
 # Part of the cache key: bump it whenever the graphs this module builds change.
-GRAPH_VERSION = "2"
+GRAPH_VERSION = "3"
 
 CONTENT_TARGET, CONTENT_WEIGHT, TV_WEIGHT = "content_target", "content_weight", "tv_weight"
 LOSS, CONTENT, TV, GRAD = "loss", "content", "tv", "grad"
@@ -68,14 +71,15 @@ class LayerChoice:
     style_layers: tuple[str, ...]
     pooling: str = "max"
 
-    def deepest(self, arch: str) -> str:
+    def deepest(self, arch: str, layers: tuple[str, ...] | None = None) -> str:
+        """The deepest of ``layers`` (default: all chosen layers)."""
         order = vgg.conv_layer_names(arch)
-        return max([self.content_layer, *self.style_layers], key=order.index)
+        return max(layers or [self.content_layer, *self.style_layers], key=order.index)
 
 
-def forward_steps(feature_model: onnx.ModelProto, choice: LayerChoice) -> list[Step]:
-    """The feature graph's nodes up to the deepest chosen layer, with the chosen pooling."""
-    deepest = choice.deepest(model_metadata(feature_model)["architecture"])
+def forward_steps(feature_model: onnx.ModelProto, choice: LayerChoice, deepest: str | None = None) -> list[Step]:
+    """The feature graph's nodes up to ``deepest`` (default: the deepest chosen layer), with the chosen pooling."""
+    deepest = deepest or choice.deepest(model_metadata(feature_model)["architecture"])
     steps = []
     for node in feature_model.graph.node:
         if node.op_type not in RULES:
@@ -97,10 +101,11 @@ def pools(steps: list[Step]) -> list[str]:
     return [step.params[0] for step in steps if step.op_type == "Mul"]
 
 
-def _forward(feature_model: onnx.ModelProto, choice: LayerChoice) -> tuple[GraphBuilder, list[Step]]:
+def _forward(feature_model: onnx.ModelProto, choice: LayerChoice,
+             deepest: str | None = None) -> tuple[GraphBuilder, list[Step]]:
     b = GraphBuilder()
     b.input(INPUT_NAME, [1, 3, "height", "width"])
-    steps = forward_steps(feature_model, choice)
+    steps = forward_steps(feature_model, choice, deepest)
     for scale in pools(steps):
         b.input(scale, [])
     weights = {t.name: t for t in feature_model.graph.initializer}
@@ -126,14 +131,22 @@ def _finish(b: GraphBuilder, feature_model: onnx.ModelProto, choice: LayerChoice
     return model
 
 
-def build_targets_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onnx.ModelProto:
-    b, _ = _forward(feature_model, choice)
+def build_content_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onnx.ModelProto:
+    """The content target: the content layer's features, forward to that layer only."""
+    b, _ = _forward(feature_model, choice, choice.content_layer)
     channels = _channels(feature_model, choice.content_layer)
     b.output(features_output(choice.content_layer), choice.content_layer, [1, channels, "h", "w"])
+    return _finish(b, feature_model, choice, "content")
+
+
+def build_style_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onnx.ModelProto:
+    """The style targets: each style layer's Gram matrix, forward to the deepest style layer only."""
+    arch = model_metadata(feature_model)["architecture"]
+    b, _ = _forward(feature_model, choice, choice.deepest(arch, choice.style_layers))
     for layer in choice.style_layers:
         channels = _channels(feature_model, layer)
         b.output(gram_output(layer), gram(b, layer)[0], [channels, channels])
-    return _finish(b, feature_model, choice, "targets")
+    return _finish(b, feature_model, choice, "style")
 
 
 def build_loss_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onnx.ModelProto:
@@ -177,14 +190,16 @@ def build_loss_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onn
 
 @dataclass(frozen=True)
 class Graphs:
-    targets: Path
+    content: Path
+    style: Path
     loss: Path
-    pools: tuple[str, ...]   # pool scale inputs both graphs take (avg pooling only)
+    pools: tuple[str, ...]   # pool scale inputs the loss graph takes (avg pooling only; the targets
+    #                          graphs take those of the pools before their deepest layer)
     model_metadata: dict[str, str]   # the feature graph's: architecture, weights checksum and source
 
 
 def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
-    """The cached targets and loss graphs for this model and layer choice (built when absent).
+    """The cached content, style and loss graphs for this model and layer choice (built when absent).
 
     The key holds the model's weights checksum, the layers, the pooling and
     GRAPH_VERSION, so a changed model or choice never reuses a stale graph. Writing
@@ -196,8 +211,8 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
     key = json.dumps([GRAPH_VERSION, meta["weights_sha256"], choice.content_layer,
                       list(choice.style_layers), choice.pooling])
     stem = f"{meta['architecture']}-g{GRAPH_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    names = {"targets": f"{stem}-targets.onnx", "loss": f"{stem}-loss.onnx"}
-    builders = {"targets": build_targets_graph, "loss": build_loss_graph}
+    builders = {"content": build_content_graph, "style": build_style_graph, "loss": build_loss_graph}
+    names = {kind: f"{stem}-{kind}.onnx" for kind in builders}
     folders = [model_path.parent / "graphs", cache_dir() / "graphs"]
     paths = {}
     for kind, name in names.items():
@@ -211,12 +226,17 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
             raise OSError(f"cannot write the {kind} graph to any of {', '.join(map(str, folders))}")
         paths[kind] = write_model(model, folder / name)
         _remove_other_versions(folder)
-    return Graphs(paths["targets"], paths["loss"], tuple(pools(forward_steps(feature_model, choice))), meta)
+    return Graphs(paths["content"], paths["style"], paths["loss"],
+                  tuple(pools(forward_steps(feature_model, choice))), meta)
+
+
+# "-targets.onnx": the single targets graph of GRAPH_VERSION 2 and before.
+_GRAPH_SUFFIXES = ("-loss.onnx", "-content.onnx", "-style.onnx", "-targets.onnx")
 
 
 def _remove_other_versions(folder: Path) -> None:
     for path in folder.glob("*.onnx"):
-        if path.name.endswith(("-loss.onnx", "-targets.onnx")) and f"-g{GRAPH_VERSION}-" not in path.name:
+        if path.name.endswith(_GRAPH_SUFFIXES) and f"-g{GRAPH_VERSION}-" not in path.name:
             try:
                 path.unlink(missing_ok=True)
             except OSError:  # another user's file in a shared cache: theirs to remove

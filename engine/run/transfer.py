@@ -190,6 +190,12 @@ def _name(source: ImageSource) -> str:
     return "<image>" if isinstance(source, Image.Image) else str(source)
 
 
+def _run(session, outputs: list[str], x: np.ndarray, scales: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``outputs`` of a targets graph for image ``x``, fed the pool scales it takes (those before its deepest layer)."""
+    names = {i.name for i in session.get_inputs()}
+    return session.run(outputs, {INPUT_NAME: x, **{k: v for k, v in scales.items() if k in names}})
+
+
 def _resize_x(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Resize an image in the seed's convention (1,3,h,w) to ``shape``, channel by channel."""
     size = (shape[3], shape[2])
@@ -235,7 +241,8 @@ class StyleTransfer:
         """A session of the feature model or of a graph, opened once and shared by every size of a run."""
         if kind not in self._sessions:
             graphs = self._graphs()
-            source = {"features": self._sessions["model"], "targets": graphs.targets, "loss": graphs.loss}[kind]
+            source = {"features": self._sessions["model"], "content": graphs.content, "style": graphs.style,
+                      "loss": graphs.loss}[kind]
             options = cuda_options(self.tf32, cuda_graph=self.cuda_graph and kind == "loss")
             self._sessions[kind] = create_session(source, self.provider, self.threads, options)
         return self._sessions[kind]
@@ -323,28 +330,29 @@ class StyleTransfer:
         return problem
 
     def _targets(self, content_x: np.ndarray, styles_x: list[np.ndarray]):
-        """The content layer's features, the blended Gram targets, the pool scales. The sessions
-        that compute them are closed after: their weights and activation memory would
-        otherwise sit beside the loss session's for the whole run."""
+        """The content layer's features, the blended Gram targets, the pool scales. Each image
+        runs only the graph of what it is needed for (content: forward to the content layer;
+        style: to the deepest style layer, and the Grams). The sessions that compute them are
+        closed after: their weights and activation memory would otherwise sit beside the loss
+        session's for the whole run."""
         cfg = self.config
         height, width = content_x.shape[2:]
         try:
-            targets = self._session("targets")
             scales = self._pool_scales(content_x)
-            content_features = targets.run([lossgrad.features_output(cfg.content_layer)],
-                                           {INPUT_NAME: content_x, **scales})[0]
+            content_features = _run(self._session("content"), [lossgrad.features_output(cfg.content_layer)],
+                                    content_x, scales)[0]
+            self._sessions.pop("content")
             blend = np.asarray(cfg.style_blend or [1.0] * len(styles_x), np.float64)
             blend = blend / blend.sum()
             grams = {layer: 0.0 for layer in cfg.style_layers}
             for weight, x in zip(blend, styles_x):
-                outputs = targets.run([lossgrad.gram_output(l) for l in cfg.style_layers],
-                                      {INPUT_NAME: x, **scales})
+                outputs = _run(self._session("style"), [lossgrad.gram_output(l) for l in cfg.style_layers], x, scales)
                 # Gram sums grow with the positions summed over: rescale a style of another size to the output's.
                 positions = (width * height) / (x.shape[2] * x.shape[3])
                 for layer, g in zip(cfg.style_layers, outputs):
                     grams[layer] = grams[layer] + weight * positions * g.astype(np.float64)
         finally:
-            for kind in ("features", "targets"):
+            for kind in ("features", "content", "style"):
                 self._sessions.pop(kind, None)
         return content_features, grams, scales
 
@@ -489,7 +497,7 @@ class StyleTransfer:
             "config": self.config.to_dict(),
             "model": {"path": str(model), "architecture": meta.get("architecture"),
                       "weights_sha256": meta.get("weights_sha256"), "weights_source": meta.get("weights_source")},
-            "graphs": {"targets": str(self._sessions["graphs"].targets), "loss": str(self._sessions["graphs"].loss)},
+            "graphs": {kind: str(getattr(self._sessions["graphs"], kind)) for kind in ("content", "style", "loss")},
             "provider": last.provider,
             "runtime": last.runtime,
             "scales": [[p.shape[3], p.shape[2]] for p in problems],

@@ -102,7 +102,7 @@ def eval_memory_breakdown(config: TransferConfig, width: int, height: int) -> di
         "image": FLOAT32 * _IMAGE_TENSORS * 3 * pixels,
         "host": _HOST_BYTES_PER_ELEMENT * 3 * pixels,
         # The loss graph's forward weights and their flipped copies for the backward (the
-        # targets' session is closed once the targets are computed).
+        # targets graphs' sessions are closed once the targets are computed).
         "weights": FLOAT32 * params * 2,
     }
 
