@@ -140,6 +140,10 @@ def stylize(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for ONNX Runtime (default: all cores).")] = None,
     tf32: Annotated[bool, typer.Option(help="On CUDA, let convolutions use TF32 tensor cores.")] = True,
     cuda_graph: Annotated[bool, typer.Option(help="On CUDA, replay each evaluation as a captured CUDA graph.")] = True,
+    winograd: Annotated[Optional[bool], typer.Option(
+        "--winograd/--no-winograd", rich_help_panel="Runtime",
+        help="Winograd F(2,3) convolutions in VGG blocks 3-5: fewer multiplications, CPU only "
+             "(default: on when running on the CPU).")] = None,
     save_every: Annotated[Optional[int], typer.Option(
         help=f"Snapshot every N iterations, 0 for none. {_default('save_every')}")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result's path.")] = False,
@@ -162,7 +166,7 @@ def stylize(
         **{k: v for k, v in settings.items() if v is not None or k == "size"})
     progress = Progress(quiet)
     transfer = StyleTransfer(config, models_dir=models_dir, provider=provider, threads=threads,
-                             tf32=tf32, cuda_graph=cuda_graph)
+                             tf32=tf32, cuda_graph=cuda_graph, winograd=winograd)
     try:
         result = transfer.run(content, styles, output, callback=progress)
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ from ..models.store import cache_dir
 from .builder import GraphBuilder
 from .ops import RULES, Step
 from .terms import content_term, gram, style_term, tv_term
+from .winograd import transformed_weights
 
 # Part of the cache key: bump it whenever the graphs this module builds change.
 GRAPH_VERSION = "3"
@@ -70,6 +71,7 @@ class LayerChoice:
     content_layer: str
     style_layers: tuple[str, ...]
     pooling: str = "max"
+    winograd: bool = False   # the loss graph's convs of WINOGRAD_TILES' blocks as Winograd F(m, 3) (CPU)
 
     def deepest(self, arch: str, layers: tuple[str, ...] | None = None) -> str:
         """The deepest of ``layers`` (default: all chosen layers)."""
@@ -77,16 +79,25 @@ class LayerChoice:
         return max(layers or [self.content_layer, *self.style_layers], key=order.index)
 
 
-def forward_steps(feature_model: onnx.ModelProto, choice: LayerChoice, deepest: str | None = None) -> list[Step]:
-    """The feature graph's nodes up to ``deepest`` (default: the deepest chosen layer), with the chosen pooling."""
-    deepest = deepest or choice.deepest(model_metadata(feature_model)["architecture"])
+def forward_steps(feature_model: onnx.ModelProto, choice: LayerChoice, deepest: str | None = None,
+                  winograd: bool = False) -> list[Step]:
+    """The feature graph's nodes up to ``deepest`` (default: the deepest chosen layer), with the
+    chosen pooling; with ``winograd``, the convs of WINOGRAD_TILES' blocks as WinogradConv steps."""
+    arch = model_metadata(feature_model)["architecture"]
+    deepest = deepest or choice.deepest(arch)
+    kernels = {t.name: t for t in feature_model.graph.initializer}
     steps = []
     for node in feature_model.graph.node:
         if node.op_type not in RULES:
             raise ValueError(f"no backward rule for {node.op_type} (node {node.name})")
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         x, y, params = node.input[0], node.output[0], tuple(node.input[1:])
-        if node.op_type == "MaxPool" and choice.pooling == "avg":
+        block = int(y[len("block"):].split("_")[0]) if y.startswith("block") else 0
+        if node.op_type == "Conv" and winograd and block in WINOGRAD_TILES:
+            out_channels, in_channels = kernels[params[0]].dims[:2]
+            steps.append(Step("WinogradConv", x, y, (winograd_weights(params[0]), *params[1:]),
+                              {"m": WINOGRAD_TILES[block], "in_channels": in_channels, "out_channels": out_channels}))
+        elif node.op_type == "MaxPool" and choice.pooling == "avg":
             steps.append(Step("AveragePool", x, f"{y}/avg", params, attrs))
             steps.append(Step("Mul", f"{y}/avg", y, (pool_scale(y),)))
         else:
@@ -96,16 +107,27 @@ def forward_steps(feature_model: onnx.ModelProto, choice: LayerChoice, deepest: 
     raise ValueError(f"the feature graph has no output {deepest}")
 
 
+# Output tile size m of the Winograd F(m, 3) convs, by VGG block. Blocks 1-2 (few channels,
+# large maps) are faster direct, their transforms being memory-bound. F(4,3) in blocks 3-4 was
+# ~7% faster again (one thread, 256 px) but its gradient was 5e-5 off the direct graph's,
+# F(2,3)'s 1.4e-7 (benchmarks/results/2026-12-02-winograd.md).
+WINOGRAD_TILES = {3: 2, 4: 2, 5: 2}
+
+
+def winograd_weights(kernel: str) -> str:
+    return f"{kernel}/winograd"
+
+
 def pools(steps: list[Step]) -> list[str]:
     """The pool scale inputs these steps take (empty with max pooling)."""
     return [step.params[0] for step in steps if step.op_type == "Mul"]
 
 
-def _forward(feature_model: onnx.ModelProto, choice: LayerChoice,
-             deepest: str | None = None) -> tuple[GraphBuilder, list[Step]]:
+def _forward(feature_model: onnx.ModelProto, choice: LayerChoice, deepest: str | None = None,
+             winograd: bool = False) -> tuple[GraphBuilder, list[Step]]:
     b = GraphBuilder()
     b.input(INPUT_NAME, [1, 3, "height", "width"])
-    steps = forward_steps(feature_model, choice, deepest)
+    steps = forward_steps(feature_model, choice, deepest, winograd)
     for scale in pools(steps):
         b.input(scale, [])
     weights = {t.name: t for t in feature_model.graph.initializer}
@@ -113,6 +135,9 @@ def _forward(feature_model: onnx.ModelProto, choice: LayerChoice,
         for param in step.params:
             if param in weights:
                 b.initializer(weights[param])
+        if step.op_type == "WinogradConv":  # its kernel's transform, instead of the kernel
+            kernel = step.params[0].removesuffix("/winograd")
+            b.initializer(transformed_weights(weights[kernel], step.params[0], step.attrs["m"]))
         RULES[step.op_type].forward(b, step)
     return b, steps
 
@@ -125,6 +150,7 @@ def _finish(b: GraphBuilder, feature_model: onnx.ModelProto, choice: LayerChoice
     meta = model_metadata(feature_model)
     metadata = {**meta, "graph": kind, "content_layer": choice.content_layer,
                 "style_layers": json.dumps(list(choice.style_layers)), "pooling": choice.pooling,
+                "winograd": json.dumps(WINOGRAD_TILES if choice.winograd and kind == "loss" else {}),
                 "graph_version": GRAPH_VERSION}
     model = b.model(f"{meta['architecture']}_{kind}", metadata)
     onnx.checker.check_model(model)
@@ -150,7 +176,7 @@ def build_style_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> on
 
 
 def build_loss_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onnx.ModelProto:
-    b, steps = _forward(feature_model, choice)
+    b, steps = _forward(feature_model, choice, winograd=choice.winograd)
     seeds: dict[str, list[str]] = {}
     channels = _channels(feature_model, choice.content_layer)
     target = b.input(CONTENT_TARGET, [1, channels, "content_height", "content_width"])
@@ -213,6 +239,9 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
     stem = f"{meta['architecture']}-g{GRAPH_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     builders = {"content": build_content_graph, "style": build_style_graph, "loss": build_loss_graph}
     names = {kind: f"{stem}-{kind}.onnx" for kind in builders}
+    if choice.winograd:  # the targets graphs are the same with or without
+        tiles = "".join(f"{block}{m}" for block, m in WINOGRAD_TILES.items())
+        names["loss"] = f"{stem}-winograd{tiles}-loss.onnx"
     folders = [model_path.parent / "graphs", cache_dir() / "graphs"]
     paths = {}
     for kind, name in names.items():

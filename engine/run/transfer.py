@@ -25,7 +25,8 @@ from ..graph import lossgrad
 from ..runtime.memory import check_memory
 from ..models.store import find_model
 from .optimize import optimize
-from ..runtime.sessions import LossGradEvaluator, create_session, cuda_options, release_freed_memory, versions
+from ..runtime.sessions import (LossGradEvaluator, create_session, cuda_options, on_cpu, release_freed_memory,
+                                versions)
 
 ImageSource = Union[str, Path, Image.Image]
 Styles = Union[ImageSource, Sequence[ImageSource]]
@@ -211,18 +212,24 @@ class StyleTransfer:
     "auto" (CUDA when it starts, else CPU), "cuda" or "cpu"; ``threads``: ONNX
     Runtime intra-op threads (None: all cores). On CUDA, ``tf32`` lets convolutions
     and matmuls use TF32 tensor cores, and ``cuda_graph`` replays each evaluation
-    as one captured CUDA graph (the image size is fixed during a run).
+    as one captured CUDA graph (the image size is fixed during a run). ``winograd``: the
+    loss graph's block 3-5 convolutions as Winograd F(2, 3) (fewer multiplications; CPU
+    provider only); None: on when the session will run on the CPU.
     """
 
     def __init__(self, config: TransferConfig | None = None, models_dir: str | Path | None = None,
                  provider: Provider | str = Provider.AUTO, threads: int | None = None,
-                 tf32: bool = True, cuda_graph: bool = True):
+                 tf32: bool = True, cuda_graph: bool = True, winograd: bool | None = None):
         self.config = config or TransferConfig()
         self.models_dir = models_dir
         self.provider = Provider(provider)
         self.threads = threads
         self.tf32 = tf32
         self.cuda_graph = cuda_graph
+        if winograd and self.provider is Provider.CUDA:
+            raise ConfigError("Winograd convolutions are for the CPU provider (on CUDA, cuDNN picks its own "
+                              "algorithms): drop --winograd or use --provider cpu")
+        self.winograd = on_cpu(self.provider) if winograd is None else winograd
         self._sessions: dict = {}
 
     # -- building blocks ---------------------------------------------------------------
@@ -234,7 +241,7 @@ class StyleTransfer:
             model = find_model(cfg.convnet, self.models_dir)
             self._sessions["model"] = model
             self._sessions["graphs"] = lossgrad.graph_paths(
-                model, lossgrad.LayerChoice(cfg.content_layer, cfg.style_layers, cfg.pooling.value))
+                model, lossgrad.LayerChoice(cfg.content_layer, cfg.style_layers, cfg.pooling.value, self.winograd))
         return self._sessions["graphs"]
 
     def _session(self, kind: str):
@@ -322,7 +329,7 @@ class StyleTransfer:
         evaluator = LossGradEvaluator(session, constants, content_x.shape)
         release_freed_memory()
         problem = Problem(cfg, evaluator, content_x, styles_x, output_size, colour_source)
-        problem.runtime = {"provider": problem.provider, "threads": self.threads}
+        problem.runtime = {"provider": problem.provider, "threads": self.threads, "winograd": self.winograd}
         if problem.provider == "CUDAExecutionProvider":
             problem.runtime.update(tf32=self.tf32, cuda_graph=self.cuda_graph)
         if scales:
@@ -417,7 +424,7 @@ class StyleTransfer:
             raise ConfigError(f"{len(per_scale)} scale iteration counts for {len(sizes)} scales "
                               f"({', '.join(map(str, sizes))} px): give one per scale")
         if self.provider is not Provider.CUDA:  # host memory; a GPU's is not known before its session
-            check_memory(cfg, *self.sizes_for(content_size, sizes[-1])[1])
+            check_memory(cfg, *self.sizes_for(content_size, sizes[-1])[1], winograd=self.winograd)
         started = time.perf_counter()
         total = sum(per_scale) * cfg.maxfun
         result = TransferResult(image=np.zeros((0, 0, 3), np.uint8), output=output,
