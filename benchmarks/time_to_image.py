@@ -6,13 +6,17 @@ and gradient from PyTorch eager autograd (:class:`~benchmarks.torch_reference.To
 the engine's loss on the same weights). Its loss after K iterations is the target; an
 engine arm's time is the wall time from its ``StyleTransfer.run`` call (graphs, sessions,
 targets included) to the first evaluation at the final size whose loss is at or below the
-target (an arm that has not got there after the seed's K x 20 evaluations stops). The seed arm's clock also starts before its targets are computed.
+target (an arm that has not got there after the seed's K x 20 evaluations stops). The seed
+arm's clock also starts before its targets are computed.
 
 Arms run one after the other, alternated, ``repeats`` times each; medians are reported with
 the CPU share other processes took while each arm ran (the machine is shared).
 
     python -m benchmarks.time_to_image --size 256 --iterations 10 --repeats 2 \\
-        --arm default --arm continuous:optimizer_mode=continuous --out benchmarks/results/x
+        --arm "continuous:optimizer_mode=continuous" --arm "fast:optimizer_mode=continuous;init=content" \\
+        --out benchmarks/results/x
+
+An arm's overrides are TransferConfig fields, and ``winograd`` (true/false) for StyleTransfer.
 """
 from __future__ import annotations
 
@@ -72,11 +76,11 @@ def seed_arm(config: TransferConfig, content: Path, style: Path, size: int, iter
 
 
 def engine_arm(config: TransferConfig, content: Path, style: Path, target: float, max_evaluations: int,
-               threads: int) -> dict[str, Any]:
+               threads: int, winograd: bool | None = None) -> dict[str, Any]:
     """One ``StyleTransfer.run`` until its loss at the final size is <= ``target`` (or the budget ends).
 
     Curve: (seconds, best loss so far) at each evaluation of the final size."""
-    st = StyleTransfer(config, provider="cpu", threads=threads)
+    st = StyleTransfer(config, provider="cpu", threads=threads, winograd=winograd)
     scales = len(st.scale_sizes(images.load_image(content).size))
     state = {"scale": 0, "best": float("inf"), "evaluations": 0, "reached": None}
     curve: list[dict] = []
@@ -123,7 +127,7 @@ def _sha256(path: Path) -> str:
 
 
 def run(content: Path, style: Path, size: int, iterations: list[int], arms: dict[str, dict], repeats: int,
-        threads: int, base: dict[str, Any]) -> dict[str, Any]:
+        threads: int, base: dict[str, Any], partial=None) -> dict[str, Any]:
     """Alternate the seed arm and every engine arm ``repeats`` times; the raw curves and the medians."""
     runs: list[dict] = []
     deepest = max(iterations)
@@ -133,16 +137,20 @@ def run(content: Path, style: Path, size: int, iterations: list[int], arms: dict
             seed = seed_arm(config, content, style, size, deepest, threads)
         targets = {k: seed["curve"][k - 1]["loss"] for k in iterations}
         runs.append({"arm": "seed", "repeat": repeat, "curve": seed["curve"], "contention": monitor.result,
-                     "seconds_to": {str(k): seed["curve"][k - 1]["seconds"] for k in iterations}})
+                     "seconds_to": {str(k): seed["curve"][k - 1]["seconds"] for k in iterations},
+                     "targets": targets})
         for name, overrides in arms.items():
-            cfg = TransferConfig(**{**base, "save_every": 0, "iterations": 10 * deepest, **overrides})
+            fields = {k: v for k, v in overrides.items() if k != "winograd"}
+            cfg = TransferConfig(**{**base, "save_every": 0, "iterations": 10 * deepest, **fields})
             with CpuMonitor() as monitor:
-                result = engine_arm(cfg, content, style, min(targets.values()), deepest * SEED_MAXFUN, threads)
+                result = engine_arm(cfg, content, style, min(targets.values()), deepest * SEED_MAXFUN, threads,
+                                    overrides.get("winograd"))
             seconds_to = {str(k): next((p["seconds"] for p in result["curve"] if p["loss"] <= t), None)
                           for k, t in targets.items()}
             runs.append({"arm": name, "repeat": repeat, "curve": result["curve"], "contention": monitor.result,
                          "seconds_to": seconds_to, "overrides": overrides})
-        runs[-1 - len(arms)]["targets"] = targets
+            if partial:
+                partial(runs)
     summary = {}
     for name in ["seed", *arms]:
         mine = [r for r in runs if r["arm"] == name]
@@ -220,8 +228,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="path stem of the .json, .md and .png written")
     args = parser.parse_args()
     arms = dict(_parse_arm(a) for a in args.arm)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save = lambda runs: Path(f"{args.out}.partial.json").write_text(json.dumps(runs, indent=1) + "\n")
     result = run(args.content, args.style, args.size, args.iterations, arms, args.repeats, args.threads,
-                 base={"size": args.size})
+                 base={"size": args.size}, partial=save)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
     Path(f"{args.out}.md").write_text(markdown(result))
