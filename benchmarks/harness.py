@@ -454,12 +454,12 @@ def _child(spec_path: str) -> None:
 
 def _child_onnx(spec: dict) -> dict:
     """Time to first evaluation (fresh sessions) and the peak RSS of ``evals`` evaluations."""
-    from engine.run import transfer
+    from engine.run import engine as run_engine, transfer
     from engine.graph import lossgrad
 
     baseline = current_rss_bytes()
     sessions, graphs = _Clock(), _Clock()
-    transfer.create_session = sessions.wrap(transfer.create_session)
+    run_engine.create_session = sessions.wrap(run_engine.create_session)
     lossgrad.graph_paths = graphs.wrap(lossgrad.graph_paths)
     config = TransferConfig(**spec["config"])
     tick = time.perf_counter()

@@ -7,17 +7,34 @@ The public API, what an embedding application imports::
 """
 __version__ = "0.1.0"
 
-from .config import Pooling, Provider, TransferConfig
-from .errors import (ConfigError, EngineError, ImageError, MemoryLimitError, ModelFileError, ModelNotFoundError,
-                     ProviderError, WeightsError)
-from .models.export import export_model
-from .models.weights import VGGWeights, load_weights
-from .presets import PRESETS, preset_config
-from .run.transfer import Evaluated, IterationDone, Prepared, Problem, StyleTransfer, TransferResult
+import importlib
 
-__all__ = [
-    "ConfigError", "EngineError", "Evaluated", "ImageError", "IterationDone", "MemoryLimitError",
-    "ModelFileError", "ModelNotFoundError", "PRESETS", "Pooling", "Prepared", "Problem", "Provider", "ProviderError",
-    "StyleTransfer", "TransferConfig", "TransferResult", "VGGWeights", "WeightsError", "export_model",
-    "load_weights", "preset_config",
-]
+# Each public name, by the module that holds it. They are imported on first use, so that
+# `nst` has its signal handlers in place before onnxruntime and scipy load (engine.run.signals).
+_PUBLIC = {
+    ".config": ("Pooling", "Provider", "TransferConfig"),
+    ".errors": ("ConfigError", "EngineError", "GraphCacheError", "ImageError", "MemoryLimitError", "ModelFileError",
+                "ModelNotFoundError", "NonFiniteError", "ProviderError", "RunError", "WeightsError"),
+    ".models.export": ("export_model",),
+    ".models.weights": ("VGGWeights", "load_weights"),
+    ".presets": ("PRESETS", "preset_config"),
+    ".run.engine": ("Engine",),
+    ".run.events": ("Evaluated", "IterationDone", "Prepared"),
+    ".run.problem": ("Problem",),
+    ".run.records": ("RunStatus", "TransferResult"),
+    ".run.transfer": ("StyleTransfer",),
+}
+_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULE_OF})

@@ -17,6 +17,7 @@ from typing import Any
 
 from .models import vgg
 from .errors import ConfigError
+from .io.images import MAX_MEGAPIXELS
 
 
 class Pooling(str, Enum):
@@ -95,6 +96,8 @@ class TransferConfig:
     sheet, gif, plot: also write a contact sheet of the snapshots, an animated GIF of them, and
                     a loss-curve PNG (plot needs matplotlib: the 'plot' extra).
     bit_depth:      8, or 16 for 16-bit PNG/TIFF output.
+    max_megapixels: the largest input image read (width * height / 1e6); larger ones are
+                    refused before decoding.
     """
 
     convnet: str = "vgg16"
@@ -125,6 +128,7 @@ class TransferConfig:
     gif: bool = False
     plot: bool = False
     bit_depth: int = 8
+    max_megapixels: float = MAX_MEGAPIXELS
 
     def __post_init__(self) -> None:
         # Frozen: normalised values go in through object.__setattr__, once, here.
@@ -193,6 +197,9 @@ class TransferConfig:
             raise ConfigError("the contact sheet and the GIF are made of snapshots: set save_every >= 1")
         if self.bit_depth not in (8, 16):
             raise ConfigError(f"bit_depth must be 8 or 16, got {self.bit_depth!r}")
+        put("max_megapixels", _weight("max_megapixels", self.max_megapixels))
+        if not self.max_megapixels > 0:
+            raise ConfigError("max_megapixels must be > 0")
 
     def replace(self, **changes: Any) -> TransferConfig:
         """A copy with ``changes`` applied, validated again."""

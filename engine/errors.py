@@ -31,3 +31,16 @@ class ProviderError(EngineError):
 
 class MemoryLimitError(EngineError):
     """A run would need more memory than the machine has."""
+
+
+class GraphCacheError(EngineError):
+    """No folder where a derived graph could be cached is writable."""
+
+
+class RunError(EngineError):
+    """A run cannot start or go on: its output is in use or is an input, a checkpoint does not
+    match, a loss turned non-finite, a file could not be written."""
+
+
+class NonFiniteError(RunError):
+    """An evaluation gave a loss or gradient that is NaN or infinite."""

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-import engine.run.transfer as transfer
+import engine.run.engine as run_engine
 from engine import StyleTransfer, TransferConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,39 +161,39 @@ class SessionRuns:
 def capture_constants(monkeypatch) -> list[dict[str, np.ndarray]]:
     """The inputs each new loss-gradient evaluator binds (targets, weights, pool scales), in order."""
     captured: list[dict[str, np.ndarray]] = []
-    real = transfer.LossGradEvaluator
+    real = run_engine.LossGradEvaluator
 
     class Recording(real):
         def __init__(self, session, constants, shape):
             captured.append({k: np.array(v, copy=True) for k, v in constants.items()})
             super().__init__(session, constants, shape)
 
-    monkeypatch.setattr(transfer, "LossGradEvaluator", Recording)
+    monkeypatch.setattr(run_engine, "LossGradEvaluator", Recording)
     return captured
 
 
 def record_evaluated_points(monkeypatch) -> list[np.ndarray]:
     """Every x the optimiser evaluates (copies, float64, flat or shaped as given)."""
     points: list[np.ndarray] = []
-    real = transfer.Problem.loss_and_grad
+    real = run_engine.Problem.loss_and_grad
 
     def loss_and_grad(self, x):
         points.append(np.array(x, np.float64, copy=True))
         return real(self, x)
 
-    monkeypatch.setattr(transfer.Problem, "loss_and_grad", loss_and_grad)
+    monkeypatch.setattr(run_engine.Problem, "loss_and_grad", loss_and_grad)
     return points
 
 
 def record_prepared(monkeypatch) -> list:
-    """Every Problem that StyleTransfer.prepare returns."""
+    """Every Problem that Engine.prepare returns."""
     problems: list = []
-    real = StyleTransfer.prepare
+    real = run_engine.Engine.prepare
 
     def prepare(self, *args, **kwargs):
         problem = real(self, *args, **kwargs)
         problems.append(problem)
         return problem
 
-    monkeypatch.setattr(StyleTransfer, "prepare", prepare)
+    monkeypatch.setattr(run_engine.Engine, "prepare", prepare)
     return problems

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import engine.models.store
-import engine.run.transfer
+import engine.run.engine
 from conftest import error_line, written
 from engine.cli import app
 from engine.runtime.sessions import cuda_device_present
@@ -167,7 +167,7 @@ def test_bad_settings_are_one_error_line(models_dir, out_dir, case):
 
 def test_unwritable_output_folder_is_reported_before_any_computing(tmp_path, models_dir, monkeypatch):
     prepared = []
-    monkeypatch.setattr(engine.run.transfer.StyleTransfer, "prepare",
+    monkeypatch.setattr(engine.run.engine.Engine, "prepare",
                         lambda self, *args, **kwargs: prepared.append(args) or pytest.fail("computed"))
     blocker = tmp_path / "notes.txt"
     blocker.write_text("a file, not a folder")

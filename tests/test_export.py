@@ -226,17 +226,25 @@ def test_user_cache_is_the_last_place(places, monkeypatch):
     monkeypatch.delenv("NST_MODELS_DIR")
     _put(places["cache"])
     assert find_model("vgg16") == places["cache"] / "vgg16.onnx"
+
+
+def test_an_explicit_models_dir_is_the_only_place_looked_in(places, monkeypatch):
+    monkeypatch.delenv("NST_MODELS_DIR")
+    _put(places["cache"])
     _put(places["explicit"], "vgg19.onnx")
-    assert find_model("vgg16", models_dir=places["explicit"]) == places["cache"] / "vgg16.onnx"
+    with pytest.raises(engine.ModelNotFoundError) as info:
+        find_model("vgg16", models_dir=places["explicit"])
+    message = str(info.value)
+    assert str(places["explicit"]) in message and str(places["cache"]) not in message
 
 
 @pytest.mark.parametrize("arch, command", [("vgg16", "nst export"), ("vgg19", "nst export vgg19 --weights")])
 def test_missing_model_names_the_export_command(places, arch, command):
     with pytest.raises(engine.ModelNotFoundError) as info:
-        find_model(arch, models_dir=places["explicit"])
+        find_model(arch)
     message = str(info.value)
     assert command in message
-    for name in ("explicit", "env", "checkout", "cache"):
+    for name in ("env", "checkout", "cache"):
         assert str(places[name]) in message
 
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import engine.io.colors
-import engine.run.transfer as transfer
+import engine.run.engine as run_engine
 from engine import IterationDone, Prepared, StyleTransfer, TransferConfig
 from features_support import (CONTENT, SHALLOW, STYLE, YIQ, caffe, capture_constants, engine_for,
                               periodic_texture, rgb_of, uncaffe, write_png)
@@ -43,7 +43,7 @@ def luminance_run(tmp_path_factory, models_dir):
     """A luminance-mode run at 48 px, with the Problem and the style as match_luminance made it."""
     folder = tmp_path_factory.mktemp("luminance")
     problems, matched = [], []
-    real_prepare, real_match = StyleTransfer.prepare, engine.io.colors.match_luminance
+    real_prepare, real_match = run_engine.Engine.prepare, engine.io.colors.match_luminance
 
     def prepare(self, *args, **kwargs):
         problems.append(real_prepare(self, *args, **kwargs))
@@ -54,7 +54,7 @@ def luminance_run(tmp_path_factory, models_dir):
         return matched[-1]
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(StyleTransfer, "prepare", prepare)
+    mp.setattr(run_engine.Engine, "prepare", prepare)
     mp.setattr(engine.io.colors, "match_luminance", match_luminance)
     try:
         result = engine_for(models_dir, size=48, iterations=2, preserve_colors="luminance").run(
@@ -235,7 +235,7 @@ def multiscale_run(tmp_path_factory, models_dir):
     """size 64 at 2 scales (32 then 64 px), 2 then 1 iterations; every optimize call recorded."""
     folder = tmp_path_factory.mktemp("multiscale")
     calls = []
-    real = transfer.optimize
+    real = run_engine.optimize
 
     def recording(problem, x0, iterations, *args, **kwargs):
         start = np.array(x0, np.float64, copy=True)
@@ -244,7 +244,7 @@ def multiscale_run(tmp_path_factory, models_dir):
         return x
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(transfer, "optimize", recording)
+    mp.setattr(run_engine, "optimize", recording)
     events = []
     try:
         result = engine_for(models_dir, size=64, scales=2, scale_iterations=(2, 1), maxfun=3).run(

@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 import engine.run.optimize as optimize_module
-import engine.run.transfer as transfer
+import engine.run.engine as run_engine
 import loss_reference as ref
 from engine import Evaluated, IterationDone, StyleTransfer
 from features_support import (CONTENT, MEAN_BGR, STYLE, VGG16_CHANNELS, caffe, capture_constants, engine_for,
@@ -135,14 +135,14 @@ def lbfgs_calls(monkeypatch) -> list[dict]:
 def final_points(monkeypatch) -> list:
     """(problem, x) for each optimize call of a run: the image it ended with."""
     finals = []
-    real = transfer.optimize
+    real = run_engine.optimize
 
     def recording(problem, *args, **kwargs):
         x = real(problem, *args, **kwargs)
         finals.append((problem, np.array(x, copy=True)))
         return x
 
-    monkeypatch.setattr(transfer, "optimize", recording)
+    monkeypatch.setattr(run_engine, "optimize", recording)
     return finals
 
 

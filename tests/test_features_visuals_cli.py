@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import engine
-from engine import ConfigError, StyleTransfer
+from engine import ConfigError, Engine
 from conftest import error_line, written
 from engine.cli import app
 from features_support import CONTENT, STYLE, engine_for, periodic_texture, read_png16, write_png
@@ -47,14 +47,14 @@ def pixels(path: Path) -> np.ndarray:
 
 @pytest.fixture
 def no_computing(monkeypatch) -> list:
-    """Fails the test if StyleTransfer.prepare (targets, sessions: the computing) is reached."""
+    """Fails the test if Engine.prepare (targets, sessions: the computing) is reached."""
     reached = []
 
     def prepare(self, *args, **kwargs):
         reached.append(args)
         pytest.fail("prepare() ran: the error came after computing started")
 
-    monkeypatch.setattr(StyleTransfer, "prepare", prepare)
+    monkeypatch.setattr(Engine, "prepare", prepare)
     return reached
 
 

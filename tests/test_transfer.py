@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import loss_reference as ref
 import engine.run.optimize as optimize_module
-import engine.run.transfer as transfer
+import engine.run.engine as run_engine
 from engine import Evaluated, IterationDone, Prepared, StyleTransfer, TransferConfig
 from engine.cli import app
 
@@ -120,7 +120,7 @@ def test_problem_terms_reuse_an_evaluated_point_and_run_once_for_a_new_one(model
 def test_one_onnx_runtime_run_per_evaluation(tmp_path, models_dir, ort_runs, monkeypatch):
     evaluated_points: list[np.ndarray] = []
     terms_calls: list[tuple[bool, int]] = []   # (point already evaluated?, runs it made)
-    real_loss_and_grad, real_terms = transfer.Problem.loss_and_grad, transfer.Problem.terms
+    real_loss_and_grad, real_terms = run_engine.Problem.loss_and_grad, run_engine.Problem.terms
 
     def loss_and_grad(self, x):
         evaluated_points.append(np.array(x, copy=True))
@@ -133,8 +133,8 @@ def test_one_onnx_runtime_run_per_evaluation(tmp_path, models_dir, ort_runs, mon
         terms_calls.append((seen, len(ort_runs) - before))
         return out
 
-    monkeypatch.setattr(transfer.Problem, "loss_and_grad", loss_and_grad)
-    monkeypatch.setattr(transfer.Problem, "terms", terms)
+    monkeypatch.setattr(run_engine.Problem, "loss_and_grad", loss_and_grad)
+    monkeypatch.setattr(run_engine.Problem, "terms", terms)
     events = []
     engine_for(models_dir).run(CONTENT, STYLE, tmp_path / "out.png", callback=events.append)
     record = json.loads((tmp_path / "out.json").read_text())
@@ -151,14 +151,18 @@ def test_one_onnx_runtime_run_per_evaluation(tmp_path, models_dir, ort_runs, mon
 # ---------------------------------------------------------------- the loop
 
 
-def test_prepare_closes_the_targets_session_and_holds_only_the_loss_session(models_dir):
-    # The targets' weights and activations would otherwise stay beside the loss session's all run.
+def test_the_engine_keeps_one_session_per_kind_and_the_targets_session_keeps_no_arena(models_dir, monkeypatch):
+    # The targets' session stays open for the next run; without an arena its activations are given back.
+    real, opened = run_engine.create_session, []
+    monkeypatch.setattr(run_engine, "create_session", lambda source, *args, **kwargs:
+                        opened.append((source, kwargs)) or real(source, *args, **kwargs))
     st = engine_for(models_dir)
     problem = st.prepare(CONTENT, STYLE)
-    sessions = [v for v in st._sessions.values() if isinstance(v, ort.InferenceSession)]
-    assert sessions == [problem.evaluator.session]
-    st.prepare(CONTENT, STYLE)  # and opens it again for another size or image
-    assert [v for v in st._sessions.values() if isinstance(v, ort.InferenceSession)] == sessions
+    st.prepare(CONTENT, STYLE)
+    assert sorted(str(source).rsplit("-", 1)[-1] for source, _ in opened) == ["loss.onnx", "targets.onnx"]
+    assert {str(source).rsplit("-", 1)[-1]: kwargs["arena"] for source, kwargs in opened} == {
+        "loss.onnx": True, "targets.onnx": False}
+    assert problem.evaluator.session in st.engine._sessions.values()
 
 
 def test_the_loss_session_opens_beside_the_targets_computation_and_its_errors_reach_the_caller(
@@ -167,7 +171,7 @@ def test_the_loss_session_opens_beside_the_targets_computation_and_its_errors_re
 
     from engine.errors import ProviderError
 
-    real = transfer.create_session
+    real = run_engine.create_session
     opened = {}
 
     def recording(source, *args, **kwargs):
@@ -175,7 +179,7 @@ def test_the_loss_session_opens_beside_the_targets_computation_and_its_errors_re
         opened[kind] = threading.current_thread() is threading.main_thread()
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(transfer, "create_session", recording)
+    monkeypatch.setattr(run_engine, "create_session", recording)
     engine_for(models_dir).prepare(CONTENT, STYLE)
     assert opened == {"loss": False, "other": True}
 
@@ -184,7 +188,7 @@ def test_the_loss_session_opens_beside_the_targets_computation_and_its_errors_re
             raise ProviderError("CUDA was requested but could not start")
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(transfer, "create_session", failing)
+    monkeypatch.setattr(run_engine, "create_session", failing)
     with pytest.raises(ProviderError, match="could not start"):
         engine_for(models_dir).prepare(CONTENT, STYLE)
 
@@ -395,7 +399,7 @@ def test_keyboard_interrupt_keeps_snapshots_and_writes_an_interrupted_record(tmp
 
 
 def test_cli_exits_130_on_ctrl_c_and_names_the_last_snapshot(tmp_path, models_dir, monkeypatch):
-    real = transfer.Problem.loss_and_grad
+    real = run_engine.Problem.loss_and_grad
     calls = {"n": 0}
 
     def interrupted_mid_second_iteration(self, x):
@@ -404,7 +408,7 @@ def test_cli_exits_130_on_ctrl_c_and_names_the_last_snapshot(tmp_path, models_di
             raise KeyboardInterrupt
         return real(self, x)
 
-    monkeypatch.setattr(transfer.Problem, "loss_and_grad", interrupted_mid_second_iteration)
+    monkeypatch.setattr(run_engine.Problem, "loss_and_grad", interrupted_mid_second_iteration)
     output = tmp_path / "cat.png"
     result = CliRunner().invoke(app, ["stylize", str(CONTENT), str(STYLE), "-o", str(output), "--size", "32",
                                       "--iterations", "3", "--maxfun", "3", "--threads", "2", "--provider", "cpu",

@@ -152,7 +152,7 @@ def test_winograd_matches_the_direct_graph_on_real_vgg16(real_problems):
 
 
 def test_winograd_is_on_for_the_cpu_by_default_and_refused_for_cuda(models_dir):
-    assert StyleTransfer(TransferConfig(), provider="cpu").winograd
-    assert not StyleTransfer(TransferConfig(), provider="cpu", winograd=False).winograd
+    assert StyleTransfer(TransferConfig(), provider="cpu").engine.winograd
+    assert not StyleTransfer(TransferConfig(), provider="cpu", winograd=False).engine.winograd
     with pytest.raises(ConfigError, match="CPU provider"):
         StyleTransfer(TransferConfig(), provider="cuda", winograd=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
+from ..errors import GraphCacheError
 from ..models import vgg
 from ..models.export import INPUT_NAME, model_metadata, read_feature_model, write_model
 from ..models.store import cache_dir
@@ -252,7 +253,9 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
         model = builders[kind](feature_model, choice)
         folder = next((f for f in folders if _writable(f)), None)
         if folder is None:
-            raise OSError(f"cannot write the {kind} graph to any of {', '.join(map(str, folders))}")
+            raise GraphCacheError(
+                f"cannot write the {kind} graph to {' or '.join(map(str, folders))} (not writable): "
+                "set XDG_CACHE_HOME to a writable folder, or copy the model into one and give it with --models-dir")
         paths[kind] = write_model(model, folder / name)
         _remove_other_versions(folder)
     return Graphs(paths["content"], paths["style"], paths["loss"],

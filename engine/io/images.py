@@ -7,8 +7,13 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
 import tempfile
+import threading
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -25,11 +30,24 @@ _MEAN_BGR = np.array(MEAN_BGR, np.float32)
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
+MAX_MEGAPIXELS = 200.0
+"""Largest image load_image reads by default (megapixels; 200 MP is ~600 MB decoded)."""
+# JPEGs larger than this are decoded at a reduced scale (DCT scaling) when a smaller size is all
+# that is needed; smaller ones are decoded whole, so results on ordinary photos do not change.
+_DRAFT_ABOVE_PIXELS = 8_000_000
+_PILLOW_LIMIT = threading.Lock()
+
+
+def load_image(path: str | os.PathLike, fit: int | None = None,
+               max_megapixels: float = MAX_MEGAPIXELS) -> Image.Image:
     """The image at ``path`` as an 8-bit RGB image in sRGB, upright as a viewer shows it.
 
-    EXIF orientation is applied, an embedded ICC profile is converted to sRGB, and
-    transparency is composited on white. Raises ImageError naming the file.
+    EXIF orientation is applied, an embedded ICC profile is converted to sRGB,
+    transparency is composited on white, and an animated image gives its first frame.
+    ``fit``: the longest edge (px) the caller will resize to; a JPEG above 8 megapixels
+    is then decoded at the smallest power-of-two reduction that keeps both sides at least
+    2 * fit (memory stays bounded for huge photos). An image of more than
+    ``max_megapixels`` is refused before decoding. Raises ImageError naming the file.
     """
     path = Path(path)
 
@@ -41,7 +59,13 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     if path.is_dir():
         raise error("it is a folder, not an image file")
     try:
-        with Image.open(path) as image:
+        with _quiet_pillow(), _open_unchecked(path) as image:
+            width, height = image.size
+            if width * height > max_megapixels * 1e6:
+                raise error(f"{width}x{height} px is {width * height / 1e6:.0f} megapixels, more than the limit of "
+                            f"{max_megapixels:g}; raise it with --max-megapixels (max_megapixels) if that is meant")
+            if fit and image.format == "JPEG" and width * height > _DRAFT_ABOVE_PIXELS:
+                image.draft(image.mode, (2 * fit, 2 * fit))
             image.load()  # decode everything now, so a truncated file fails here and not mid-run
             icc = image.info.get("icc_profile")
             return _to_srgb(ImageOps.exif_transpose(image), icc)
@@ -49,12 +73,32 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise error("permission denied, check the file's permissions") from None
     except UnidentifiedImageError:
         raise error("not an image file Pillow can read, give a PNG, JPEG, TIFF, WebP or BMP") from None
-    except Image.DecompressionBombError as exc:
-        raise error(_one_line(exc)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         # Pillow reports truncated or damaged data as any of these.
         raise error(f"truncated or corrupt image data ({_one_line(exc)}), "
                     "save or download it again") from None
+
+
+@contextmanager
+def _quiet_pillow() -> Iterator[None]:
+    # Pillow warns about damaged EXIF and the like and reads on; so do we, without the noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextmanager
+def _open_unchecked(path: Path) -> Iterator[Image.Image]:
+    """Image.open without Pillow's own decompression-bomb check: load_image applies its
+    documented limit instead (Pillow's warns from 89 MP, a size ordinary cameras reach)."""
+    with _PILLOW_LIMIT:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with image:
+        yield image
 
 
 def _to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
@@ -124,15 +168,24 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> None:
         raise ImageError(f"cannot write image '{path}': {_one_line(exc)}") from None
 
 
+def output_path(path: str | os.PathLike) -> Path:
+    """The image file an output name means: a name without a suffix is a prefix, as in the
+    seed (``out/cat`` -> ``out/cat.png``, snapshots ``out/cat_at_iteration_N.png``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"cannot write image '{path}': it is a folder, give a file name such as {path / 'out.png'}")
+    return path if path.suffix else path.with_name(path.name + ".png")
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """Raise ImageError unless ``save_image`` could write ``path``; creates nothing.
 
     Meant to run before any computing, so a long run never ends unable to save.
     """
     path = Path(path)
-    _format_for(path)
     if path.is_dir():
-        raise ImageError(f"cannot write image '{path}': it is a folder, give a file name such as out.png")
+        raise ImageError(f"cannot write image '{path}': it is a folder, give a file name such as {path / 'out.png'}")
+    _format_for(path)
     folder = path.parent
     while not folder.exists():  # the nearest folder that exists must take the ones save_image creates
         folder = folder.parent

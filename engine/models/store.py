@@ -1,7 +1,7 @@
 """Where exported models live, the committed manifest, and fetching the pinned weights.
 
-Search order for a model: an explicit ``models_dir``, then ``$NST_MODELS_DIR``, then
-``exported_models/`` in the checkout, then the per-user cache folder.
+Search order for a model: an explicit ``models_dir`` (then the only place looked in), else
+``$NST_MODELS_DIR``, then ``exported_models/`` in the checkout, then the per-user cache folder.
 """
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ def cache_dir() -> Path:
 
 
 def search_dirs(models_dir: str | Path | None = None) -> list[Path]:
-    dirs = []
+    """Where models are looked for: only ``models_dir`` when given, else the default order."""
     if models_dir:
-        dirs.append(Path(models_dir))
+        return [Path(models_dir)]
+    dirs = []
     if os.environ.get(ENV_VAR):
         dirs.append(Path(os.environ[ENV_VAR]))
     if MANIFEST.is_file():
@@ -55,7 +56,7 @@ def find_model(arch: str, models_dir: str | Path | None = None) -> Path:
     hint = "nst export" if arch == "vgg16" else f"nst export {arch} --weights FILE"
     raise ModelNotFoundError(
         f"no {name} in {', '.join(str(d) for d in dirs)}; run `{hint}` first"
-        + ("" if not models_dir else f" (with --models-dir {models_dir})")
+        + ("" if not models_dir else f" (with --models-dir {models_dir}), or give the folder that holds it")
     )
 
 

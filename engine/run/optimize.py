@@ -22,6 +22,15 @@ from ..config import OptimizerMode
 OnIteration = Callable[[int, np.ndarray, int, float], None]
 
 
+class Cancelled(Exception):
+    """Raised out of L-BFGS-B before an evaluation once the run's cancel flag is set."""
+
+
+def loss_scale(first_loss: float) -> float:
+    """What every loss (and gradient) of one optimize call is multiplied by: 1 / its first loss."""
+    return 1.0 / max(abs(first_loss), 1e-30)
+
+
 class Objective(Protocol):
     evaluations: int
 
@@ -31,21 +40,27 @@ class Objective(Protocol):
 def optimize(problem: Objective, x0: np.ndarray, iterations: int, maxfun: int, mode: OptimizerMode,
              on_iteration: OnIteration, tol: float | None = None,
              bounds: list[tuple[float, float]] | None = None,
-             on_evaluation: Callable[[float], None] = lambda loss: None, blas_threads: int | None = 1) -> np.ndarray:
+             on_evaluation: Callable[[float], None] = lambda loss: None, blas_threads: int | None = 1,
+             scale: float | None = None, cancelled: Callable[[], bool] = lambda: False) -> np.ndarray:
     """Minimise ``problem`` from ``x0`` for ``iterations`` x ``maxfun`` evaluations; return x.
 
     ``blas_threads``: the BLAS threads L-BFGS-B's vector operations get (None: as set).
+    ``scale``: the loss scale (None: ``loss_scale`` of the first evaluation; a resumed run
+    passes the one its first part used). ``cancelled`` is asked before each evaluation;
+    when it says True, ``Cancelled`` is raised.
     """
-    scale: list[float] = []
+    scales: list[float] = [] if scale is None else [scale]
     stopper = _Tolerance(tol)
 
     def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+        if cancelled():
+            raise Cancelled
         loss, grad = problem.loss_and_grad(x)
         on_evaluation(loss)
         stopper.evaluated(loss)
-        if not scale:
-            scale.append(1.0 / max(abs(loss), 1e-30))
-        return loss * scale[0], grad.ravel() * scale[0]
+        if not scales:
+            scales.append(loss_scale(loss))
+        return loss * scales[0], grad.ravel() * scales[0]
 
     options = dict(factr=0.0, pgtol=0.0, bounds=bounds)
     x = np.asarray(x0, np.float64).ravel()

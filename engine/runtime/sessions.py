@@ -27,12 +27,18 @@ from ..models.export import INPUT_NAME
 from ..graph.lossgrad import GRAD
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+# ONNX Runtime's log: errors only. Its warnings (unused initializers, nodes placed on the CPU,
+# device discovery) are about the engine's own graphs or the machine, nothing a user acts on,
+# and would land in the middle of the progress display.
+_ERRORS_ONLY = 3
+ort.set_default_logger_severity(_ERRORS_ONLY)
 _CUDA_START = threading.Lock()
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = _ERRORS_ONLY
     if threads:
         options.intra_op_num_threads = threads
     return options
@@ -58,15 +64,21 @@ def _quiet_ort() -> Iterator[None]:
     try:
         yield
     finally:
-        ort.set_default_logger_severity(2)
+        ort.set_default_logger_severity(_ERRORS_ONLY)
 
 
 def create_session(model: str | Path | bytes, provider: Provider | str = Provider.AUTO,
-                   threads: int | None = None, cuda_options: dict | None = None) -> ort.InferenceSession:
-    """A session on ``provider``; ``cuda`` raises ProviderError when CUDA cannot start."""
+                   threads: int | None = None, cuda_options: dict | None = None,
+                   arena: bool = True) -> ort.InferenceSession:
+    """A session on ``provider``; ``cuda`` raises ProviderError when CUDA cannot start.
+
+    ``arena=False``: the CPU allocator gives each run's activations back instead of
+    keeping them for the session's next run (for sessions that stay open but run seldom).
+    """
     provider = Provider(provider)
     model = str(model) if isinstance(model, Path) else model
     options = session_options(threads)
+    options.enable_cpu_mem_arena = arena
     wants_cuda = provider is Provider.CUDA or (provider is Provider.AUTO and cuda_device_present())
     if wants_cuda and CUDA not in ort.get_available_providers():
         if provider is Provider.CUDA:

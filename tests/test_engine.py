@@ -1,0 +1,141 @@
+"""The long-lived Engine: sessions and graphs shared by runs, threads, cancelling."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import engine.run.engine as run_engine
+from engine import Engine, Evaluated, IterationDone, StyleTransfer
+from engine.graph import lossgrad
+from features_support import CONTENT, STYLE, tiny_config
+
+
+@pytest.fixture
+def counted(monkeypatch) -> dict[str, list]:
+    """Every session opened and every graph lookup (find or build) from now on."""
+    calls: dict[str, list] = {"sessions": [], "graphs": []}
+    real_session, real_graphs = run_engine.create_session, lossgrad.graph_paths
+
+    def create_session(source, *args, **kwargs):
+        calls["sessions"].append(source)
+        return real_session(source, *args, **kwargs)
+
+    def graph_paths(*args, **kwargs):
+        calls["graphs"].append(args)
+        return real_graphs(*args, **kwargs)
+
+    monkeypatch.setattr(run_engine, "create_session", create_session)
+    monkeypatch.setattr(lossgrad, "graph_paths", graph_paths)
+    return calls
+
+
+def cpu_engine(models_dir: Path) -> Engine:
+    return Engine(models_dir, provider="cpu", threads=2)
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_the_second_run_with_the_same_layers_opens_no_session_and_builds_no_graph(models_dir, tmp_path, counted):
+    eng = cpu_engine(models_dir)
+    first = eng.run(tiny_config(), CONTENT, STYLE, tmp_path / "a.png")
+    opened, looked_up = len(counted["sessions"]), len(counted["graphs"])
+    assert opened == 2 and looked_up == 1   # targets + loss sessions, one graph pair
+    # Another image pair, size, weights and seed: only the layer choice decides what is shared.
+    second = StyleTransfer(tiny_config(size=48, content_weight=5.0, seed=3), engine=eng).run(
+        STYLE, CONTENT, tmp_path / "b.png")
+    assert (len(counted["sessions"]), len(counted["graphs"])) == (opened, looked_up)
+    assert first.status == second.status == "finished"
+    assert second.image.shape[1] == 48
+    # Another layer choice gets graphs and sessions of its own.
+    eng.run(tiny_config(content_layer="block3_conv2"), CONTENT, STYLE, tmp_path / "c.png")
+    assert (len(counted["sessions"]), len(counted["graphs"])) == (opened + 2, looked_up + 1)
+
+
+def test_a_run_loads_each_image_once(models_dir, tmp_path, monkeypatch):
+    loaded = []
+    real = run_engine.images.load_image
+    monkeypatch.setattr(run_engine.images, "load_image", lambda path, *a, **k: loaded.append(Path(path)) or real(
+        path, *a, **k))
+    cpu_engine(models_dir).run(tiny_config(scales=2, size=64), CONTENT, STYLE, tmp_path / "a.png")
+    assert sorted(loaded) == sorted([CONTENT, STYLE])
+
+
+def test_two_runs_from_two_threads_on_one_engine_give_what_each_gives_alone(models_dir):
+    eng = cpu_engine(models_dir)
+    jobs = [(tiny_config(seed=1, iterations=2), CONTENT, STYLE), (tiny_config(size=40, seed=2), STYLE, CONTENT)]
+    alone = [eng.run(*job).image for job in jobs]
+    together: list = [None, None]
+    barrier = threading.Barrier(2)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        together[i] = eng.run(*jobs[i]).image
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert alone[0].shape != alone[1].shape
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cancel_from_another_thread_stops_before_the_next_evaluation(models_dir, tmp_path):
+    cancel = threading.Event()
+    events = []
+
+    def callback(event):
+        events.append(event)
+        if isinstance(event, Evaluated) and event.evaluation == 6:   # iteration 1 took 4-5 evaluations
+            setter = threading.Thread(target=cancel.set)
+            setter.start()
+            setter.join()
+
+    output = tmp_path / "cat.png"
+    result = cpu_engine(models_dir).run(tiny_config(iterations=3, maxfun=4, save_every=1), CONTENT, STYLE, output,
+                                        callback=callback, cancel=cancel)
+    assert result.status == "cancelled"
+    assert [e.evaluation for e in events if isinstance(e, Evaluated)][-1] == 6
+    done = [e for e in events if isinstance(e, IterationDone)]
+    assert len(done) == 1 and result.iterations == done
+    record = json.loads((tmp_path / "cat.json").read_text())
+    assert record["status"] == "cancelled" and record["output"] is None and record["evaluations"] == 6
+    assert record["checkpoint"] == str(result.checkpoint) and result.checkpoint.is_file()
+    assert record["files"] == [str(tmp_path / "cat_at_iteration_1.png")]
+    assert result.output is None and not output.exists()
+    assert files(tmp_path) == ["cat.json", "cat_at_iteration_1.png", "cat_checkpoint.npz"]
+    with Image.open(tmp_path / "cat_at_iteration_1.png") as snapshot:   # the finished iteration's image
+        np.testing.assert_array_equal(np.asarray(snapshot.convert("RGB")), result.image)
+
+
+def test_cancel_from_the_callback_after_an_iteration_returns_that_iterations_image(models_dir):
+    cancel = threading.Event()
+    events = []
+
+    def callback(event):
+        events.append(event)
+        if isinstance(event, IterationDone) and event.iteration == 2:
+            cancel.set()
+
+    result = cpu_engine(models_dir).run(tiny_config(iterations=4, maxfun=3), CONTENT, STYLE, callback=callback,
+                                        cancel=cancel)
+    assert result.status == "cancelled" and [it.iteration for it in result.iterations] == [1, 2]
+    assert not any(isinstance(e, Evaluated) for e in events[events.index(result.iterations[-1]) + 1:])
+    assert result.image.shape == (21, 32, 3)
+
+
+def test_cancel_set_before_the_run_stops_it_before_any_work(models_dir, tmp_path):
+    cancel = threading.Event()
+    cancel.set()
+    events = []
+    result = cpu_engine(models_dir).run(tiny_config(), CONTENT, STYLE, tmp_path / "cat.png", events.append, cancel)
+    assert result.status == "cancelled" and events == [] and result.image.size == 0
+    assert files(tmp_path) == []
