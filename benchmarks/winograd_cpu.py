@@ -22,18 +22,24 @@ def cpu(): r = resource.getrusage(resource.RUSAGE_SELF); return r.ru_utime + r.r
 out = {}
 for size in map(int, sys.argv[1].split(",")):
     cfg = TransferConfig(size=size)
-    probs = {w: StyleTransfer(cfg, provider="cpu", threads=1, winograd=w).prepare("examples/content.jpg", "examples/style.jpg") for w in (False, True)}
+    probs = {w: StyleTransfer(cfg, provider="cpu", threads=1, winograd=w).prepare(
+        "examples/content.jpg", "examples/style.jpg") for w in (False, True)}
     ref = TorchLoss(cfg, load_weights(find_model("vgg16"), "vgg16").layers, 1)
     ref.set_targets(probs[False].content, probs[False].styles)
     x = probs[False].initial_image() + np.random.default_rng(0).normal(0, 10, probs[False].shape)
     checks = {str(w): check_torch(p, ref, x) for w, p in probs.items()}
-    arms = {"direct": lambda: probs[False].loss_and_grad(x), "winograd": lambda: probs[True].loss_and_grad(x), "torch": lambda: ref.loss_and_grad(x)}
-    times = {k: [] for k in arms}; walls = {k: [] for k in arms}
-    for f in arms.values(): f()
+    arms = {"direct": lambda: probs[False].loss_and_grad(x), "winograd": lambda: probs[True].loss_and_grad(x),
+            "torch": lambda: ref.loss_and_grad(x)}
+    times, walls = {k: [] for k in arms}, {k: [] for k in arms}
+    for f in arms.values():
+        f()  # warm-up
     with CpuMonitor() as mon:
         for r in range(int(sys.argv[2])):
             for k, f in arms.items():
-                c, t = cpu(), time.perf_counter(); f(); times[k].append(cpu() - c); walls[k].append(time.perf_counter() - t)
+                c, t = cpu(), time.perf_counter()
+                f()
+                times[k].append(cpu() - c)
+                walls[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     out[size] = {"working": list(probs[False].shape[2:]), "cpu_s": times, "wall_s": walls, "median_cpu_s": med,
                  "winograd/torch": med["winograd"] / med["torch"], "direct/torch": med["direct"] / med["torch"],
