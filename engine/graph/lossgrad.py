@@ -111,7 +111,7 @@ def forward_steps(feature_model: onnx.ModelProto, choice: LayerChoice, deepest: 
 # Output tile size m of the Winograd F(m, 3) convs, by VGG block. Blocks 1-2 (few channels,
 # large maps) are faster direct, their transforms being memory-bound. F(4,3) in blocks 3-4 was
 # ~7% faster again (one thread, 256 px) but its gradient was 5e-5 off the direct graph's,
-# F(2,3)'s 1.4e-7 (benchmarks/results/2026-12-02-winograd.md).
+# F(2,3)'s 1.4e-7 (README, Performance).
 WINOGRAD_TILES = {3: 2, 4: 2, 5: 2}
 
 
