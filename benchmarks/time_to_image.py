@@ -36,7 +36,7 @@ from engine.config import TransferConfig
 from engine.io import images
 from engine.models.store import find_model
 from engine.models.weights import load_weights
-from engine.run.transfer import Evaluated, Prepared, StyleTransfer
+from engine import Evaluated, Prepared, StyleTransfer
 
 from .harness import CpuMonitor
 from .torch_reference import TorchLoss
