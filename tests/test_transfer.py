@@ -159,9 +159,9 @@ def test_the_engine_keeps_one_session_per_kind_and_the_targets_session_keeps_no_
     st = engine_for(models_dir)
     problem = st.prepare(CONTENT, STYLE)
     st.prepare(CONTENT, STYLE)
-    assert sorted(str(source).rsplit("-", 1)[-1] for source, _ in opened) == ["loss.onnx", "targets.onnx"]
+    assert sorted(str(source).rsplit("-", 1)[-1] for source, _ in opened) == ["content.onnx", "loss.onnx", "style.onnx"]
     assert {str(source).rsplit("-", 1)[-1]: kwargs["arena"] for source, kwargs in opened} == {
-        "loss.onnx": True, "targets.onnx": False}
+        "loss.onnx": True, "content.onnx": False, "style.onnx": False}
     assert problem.evaluator.session in st.engine._sessions.values()
 
 
