@@ -258,6 +258,9 @@ def stylize(
     tf32: Annotated[bool, _opt(RUNTIME, "On CUDA, let convolutions use TF32 tensor cores (default: on).")] = True,
     cuda_graph: Annotated[bool, _opt(RUNTIME, "On CUDA, replay each evaluation as a captured CUDA graph "
                                      "(default: on).")] = True,
+    winograd: Annotated[Optional[bool], _opt(
+        RUNTIME, "Winograd F(2,3) convolutions in VGG blocks 3-5: fewer multiplications, CPU only "
+        "(default: on when running on the CPU).", "--winograd/--no-winograd")] = None,
     models_dir: ModelsDir = None,
 ):
     """Paint CONTENT in the style of STYLE (Gatys et al.), as the seed's style_transfer does."""
@@ -281,7 +284,7 @@ def stylize(
     config = preset_config(preset, **settings) if preset else TransferConfig(
         **{k: v for k, v in settings.items() if v is not None or k == "size"})
     transfer = StyleTransfer(config, models_dir=models_dir, provider=provider, threads=threads,
-                             tf32=tf32, cuda_graph=cuda_graph)
+                             tf32=tf32, cuda_graph=cuda_graph, winograd=winograd)
     with ProgressDisplay(quiet) as display:
         try:
             result = transfer.run(content, styles, output, callback=display, resume=resume)

@@ -253,7 +253,7 @@ def test_graph_cache_nowhere_writable_is_one_line_naming_the_folders(tmp_path, m
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert re.search(r"cannot write the (targets|loss) graph to .*graphs or .*graphs \(not writable\): "
+    assert re.search(r"cannot write the (content|style|loss) graph to .*graphs or .*graphs \(not writable\): "
                      r"set XDG_CACHE_HOME", lines[0]), lines[0]
     assert str(folder / "graphs") in lines[0]
     assert written(env.out) == []
