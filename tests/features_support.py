@@ -24,9 +24,10 @@ STYLE = ROOT / "examples" / "style.jpg"        # 512x408
 
 MEAN_BGR = np.array([103.939, 116.779, 123.68])   # Keras "caffe" mode
 SEED_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
-# The seed's starry_tubingen weights at a size that runs in well under a second.
+# The seed's starry_tubingen weights and loop (noise start, L-BFGS restarted each iteration) at a size that runs in well under a second.
 TINY = dict(size=32, content_layer="block4_conv2", style_layers=SEED_LAYERS, content_weight=100.0,
-            style_weights=(1000.0, 100.0, 12.0, 1.0, 1.0), tv_weight=200.0, iterations=1, maxfun=3)
+            style_weights=(1000.0, 100.0, 12.0, 1.0, 1.0), tv_weight=200.0, optimizer_mode="seed", init="noise",
+            iterations=1, maxfun=3)
 # Shallow layers (4 px size multiple): cheap for the float64 reference, and little border effect.
 SHALLOW = dict(content_layer="block2_conv2", style_layers=("block1_conv1", "block2_conv1", "block3_conv1"),
                style_weights=(1000.0, 100.0, 12.0))

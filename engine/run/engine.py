@@ -29,7 +29,8 @@ from ..models import vgg
 from ..models.export import INPUT_NAME
 from ..models.store import find_model
 from ..runtime.memory import check_memory
-from ..runtime.sessions import CUDA, LossGradEvaluator, create_session, cuda_options, release_freed_memory, versions
+from ..runtime.sessions import (CUDA, LossGradEvaluator, create_session, cuda_options, on_cpu, release_freed_memory,
+                                versions)
 from . import checkpoints, regions
 from .checkpoints import Checkpoint
 from .events import Callback, Evaluated, IterationDone, Prepared
@@ -43,6 +44,12 @@ ImageSource = Union[str, Path, Image.Image]
 Styles = Union[ImageSource, Sequence[ImageSource]]
 
 
+def _run_targets(session, outputs: list[str], x: np.ndarray, scales: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``outputs`` of a targets graph for image ``x``, fed the pool scales it takes (those before its deepest layer)."""
+    names = {i.name for i in session.get_inputs()}
+    return session.run(outputs, {INPUT_NAME: x, **{k: v for k, v in scales.items() if k in names}})
+
+
 class Engine:
     """Models, graphs and ONNX Runtime sessions, shared by every run given to it.
 
@@ -50,7 +57,9 @@ class Engine:
     "auto" (CUDA when it starts, else CPU), "cuda" or "cpu"; ``threads``: ONNX
     Runtime intra-op threads (None: all cores). On CUDA, ``tf32`` lets convolutions
     and matmuls use TF32 tensor cores, and ``cuda_graph`` replays each evaluation
-    as one captured CUDA graph.
+    as one captured CUDA graph. ``winograd``: the loss graph's block 3-5 convolutions as
+    Winograd F(2, 3) (fewer multiplications; CPU provider only); None: on when the
+    sessions will run on the CPU.
 
     Threads: ``run`` and ``prepare`` may be called from several threads at once. The
     caches are guarded by locks (each graph is built, each session opened, once; two
@@ -63,8 +72,13 @@ class Engine:
     """
 
     def __init__(self, models_dir: str | Path | None = None, provider: Provider | str = Provider.AUTO,
-                 threads: int | None = None, tf32: bool = True, cuda_graph: bool = True):
+                 threads: int | None = None, tf32: bool = True, cuda_graph: bool = True,
+                 winograd: bool | None = None):
         self.provider = parse_choice(Provider, "provider", provider)
+        if winograd and self.provider is Provider.CUDA:
+            raise ConfigError("Winograd convolutions are for the CPU provider (on CUDA, cuDNN picks its own "
+                              "algorithms): drop --winograd or use --provider cpu")
+        self.winograd = on_cpu(self.provider) if winograd is None else bool(winograd)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads must be a whole number >= 1 (or None for all cores), got {threads!r}")
         self.models_dir = models_dir
@@ -101,8 +115,10 @@ class Engine:
 
     def graphs(self, config: TransferConfig) -> lossgrad.Graphs:
         """The targets and loss graphs of the config's model and layer choice, found (or built) once."""
+        # Winograd's tiles assume zero padding: a tileable (torus) graph keeps direct circular convs.
         choice = lossgrad.LayerChoice(config.content_layer, config.style_layers, config.pooling.value,
-                                      len(config.content_masks or ()), config.tileable)
+                                      len(config.content_masks or ()), config.tileable,
+                                      self.winograd and not config.tileable)
         model = self.model(config.convnet)
         return self._once(self._graphs, (model, choice), lambda: lossgrad.graph_paths(model, choice))
 
@@ -110,7 +126,8 @@ class Engine:
         """A session on the model ("features") or one of its graphs, opened once per engine (a
         loss session that captures a CUDA graph: once per run, see the class docstring)."""
         graphs = self.graphs(config)
-        source = {"features": self.model(config.convnet), "targets": graphs.targets, "loss": graphs.loss}[kind]
+        source = {"features": self.model(config.convnet), "content": graphs.content, "style": graphs.style,
+                  "loss": graphs.loss}[kind]
         capture = self.cuda_graph and kind == "loss"
         # The targets' sessions run once per image: no arena keeps their activations for the engine's life.
         return self._once(self._sessions, (kind, source),
@@ -175,7 +192,7 @@ class Engine:
         evaluator = LossGradEvaluator(session, constants, content_x.shape)
         release_freed_memory()
         problem = Problem(cfg, evaluator, content_x, styles_x, output_size, colour_source)
-        problem.runtime = {"provider": problem.provider, "threads": self.threads}
+        problem.runtime = {"provider": problem.provider, "threads": self.threads, "winograd": self.winograd}
         if problem.provider == CUDA:
             problem.runtime.update(tf32=self.tf32, cuda_graph=self.cuda_graph)
         if scales:
@@ -185,17 +202,18 @@ class Engine:
     def _targets(self, cfg: TransferConfig, content_x: np.ndarray, styles_x: list[np.ndarray],
                  masks: regions.Masks | None = None):
         """The content layer's features, the blended Gram targets (with ``masks``: each region's
-        RegionTargets), the pool scales."""
+        RegionTargets), the pool scales. Each image runs only the graph of what it is needed for
+        (the content: forward to the content layer; a style: to the deepest style layer, and the Grams)."""
         height, width = content_x.shape[2:]
-        targets = self._session("targets", cfg)
         scales = self._pool_scales(cfg, content_x)
-        unmasked = {lossgrad.STYLE_MASK: np.ones((1, 1, height, width), np.float32)} if masks else {}
-        content_features = targets.run([lossgrad.features_output(cfg.content_layer)],
-                                       {INPUT_NAME: content_x, **scales, **unmasked})[0]
+        content_features = _run_targets(self._session("content", cfg), [lossgrad.features_output(cfg.content_layer)],
+                                        content_x, scales)[0]
         if masks:
+            style = self._session("style", cfg)
+
             def masked_grams(x: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-                outputs = targets.run([lossgrad.gram_output(l) for l in cfg.style_layers],
-                                      {INPUT_NAME: x, lossgrad.STYLE_MASK: mask, **scales})
+                outputs = _run_targets(style, [lossgrad.gram_output(l) for l in cfg.style_layers], x,
+                                       {**scales, lossgrad.STYLE_MASK: mask})
                 return dict(zip(cfg.style_layers, outputs))
             downsampling = {l: vgg.conv_layer(cfg.convnet, l).downsampling for l in cfg.style_layers}
             return content_features, regions.region_targets(masks, styles_x, masked_grams, downsampling), scales
@@ -203,7 +221,8 @@ class Engine:
         blend = blend / blend.sum()
         grams = {layer: 0.0 for layer in cfg.style_layers}
         for weight, x in zip(blend, styles_x):
-            outputs = targets.run([lossgrad.gram_output(l) for l in cfg.style_layers], {INPUT_NAME: x, **scales})
+            outputs = _run_targets(self._session("style", cfg), [lossgrad.gram_output(l) for l in cfg.style_layers],
+                                   x, scales)
             # Gram sums grow with the positions summed over: rescale a style of another size to the output's.
             positions = (width * height) / (x.shape[2] * x.shape[3])
             for layer, g in zip(cfg.style_layers, outputs):
@@ -273,7 +292,8 @@ class Engine:
             raise ConfigError(f"{len(per_scale)} scale iteration counts for {len(sizes)} scales "
                               f"({', '.join(map(str, sizes))} px): give one per scale")
         if self.provider is not Provider.CUDA:  # host memory; a GPU's is not known before its session
-            check_memory(cfg, *sizes_for(cfg, content_image.size, sizes[-1])[1])
+            check_memory(cfg, *sizes_for(cfg, content_image.size, sizes[-1])[1],
+                         winograd=self.winograd and not cfg.tileable)
         for edge in sizes if cfg.content_masks else ():  # a thin region could vanish at a coarse scale
             regions.load_masks(cfg, sizes_for(cfg, content_image.size, edge if len(sizes) > 1 else cfg.size)[1])
         if output is not None:
@@ -512,7 +532,7 @@ class _Run:
             "config": cfg.to_dict(),
             "model": {"path": str(engine.model(cfg.convnet)), "architecture": meta.get("architecture"),
                       "weights_sha256": meta.get("weights_sha256"), "weights_source": meta.get("weights_source")},
-            "graphs": {"targets": str(graphs.targets), "loss": str(graphs.loss)},
+            "graphs": {kind: str(getattr(graphs, kind)) for kind in ("content", "style", "loss")},
             "provider": last.provider if last else None,
             "runtime": last.runtime if last else None,
             "scales": self.reached,

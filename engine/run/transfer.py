@@ -15,14 +15,15 @@ class StyleTransfer:
 
     Runs on ``engine`` when given (shared: its models, graphs and sessions serve every
     StyleTransfer bound to it), else on an engine of its own made from ``models_dir``,
-    ``provider``, ``threads``, ``tf32`` and ``cuda_graph`` (see ``Engine``).
+    ``provider``, ``threads``, ``tf32``, ``cuda_graph`` and ``winograd`` (see ``Engine``).
     """
 
     def __init__(self, config: TransferConfig | None = None, models_dir: str | Path | None = None,
                  provider: Provider | str = Provider.AUTO, threads: int | None = None,
-                 tf32: bool = True, cuda_graph: bool = True, engine: Engine | None = None):
+                 tf32: bool = True, cuda_graph: bool = True, engine: Engine | None = None,
+                 winograd: bool | None = None):
         self.config = config or TransferConfig()
-        self.engine = engine or Engine(models_dir, provider, threads, tf32, cuda_graph)
+        self.engine = engine or Engine(models_dir, provider, threads, tf32, cuda_graph, winograd)
 
     def prepare(self, content: ImageSource, style: Styles, size: int | None = None) -> Problem:
         """See ``Engine.prepare``."""

@@ -15,6 +15,7 @@ from typing import Callable
 from ..models import vgg
 from ..config import Pooling, TransferConfig
 from ..errors import MemoryLimitError
+from ..graph.lossgrad import WINOGRAD_TILES
 
 FLOAT32 = 4
 GIB = 1024 ** 3
@@ -61,7 +62,13 @@ _HOST_BYTES_PER_ELEMENT = 4 * 8 + 8 + 4 + 4
 _IMAGE_TENSORS = 12
 
 
-def activation_peak(config: TransferConfig, width: int, height: int) -> tuple[int, str]:
+def _winograd(m: FeatureMap, winograd: bool) -> int | None:
+    """The tile size m of this conv's Winograd F(m, 3) in a ``winograd`` graph, else None."""
+    block = int(m.name[len("block"):].split("_")[0])
+    return WINOGRAD_TILES.get(block) if winograd and m.kind == "conv" else None
+
+
+def activation_peak(config: TransferConfig, width: int, height: int, winograd: bool = False) -> tuple[int, str]:
     """The most float32 feature-map elements alive at once in one evaluation, and where.
 
     A walk over the graph's phases, assuming tensors are freed after their last use:
@@ -71,7 +78,9 @@ def activation_peak(config: TransferConfig, width: int, height: int) -> tuple[in
     waits for the backward. Walking back, a step's own and shallower maps are still
     alive, deeper ones are freed; a conv step adds the incoming gradient, the ReLU
     mask, the masked gradient and the input gradient, a max-pool step the incoming
-    gradient and three input-sized tensors (mask, upsampled gradient, product).
+    gradient and three input-sized tensors (mask, upsampled gradient, product). A Winograd
+    F(m, 3) conv's input gradient also holds its tiles ((m+2)^2/m^2 times the gradient's
+    size, and a transposed copy) and their products (that much of the input, twice).
     """
     maps = forward_maps(config, width, height)
     seeds = {m.name: 0 for m in maps}
@@ -86,28 +95,37 @@ def activation_peak(config: TransferConfig, width: int, height: int) -> tuple[in
         below = maps[i - 1].elements if i > 0 else 3 * width * height
         alive = sum(kept[:i + 1]) + sum(seeds[n.name] for n in maps[:i + 1])
         transient = 3 * m.elements + below if m.kind == "conv" else m.elements + 3 * below
+        tile = _winograd(m, winograd)
+        if tile:
+            transient += 2 * (tile + 2) ** 2 * (m.elements + below) // tile ** 2
         if alive + transient > peak:
             peak, where = alive + transient, f"backward of {m.name}"
     return peak, where
 
 
-def eval_memory_breakdown(config: TransferConfig, width: int, height: int) -> dict[str, int]:
+def eval_memory_breakdown(config: TransferConfig, width: int, height: int,
+                          winograd: bool = False) -> dict[str, int]:
     """The parts of :func:`estimate_eval_bytes`, in bytes: ``weights`` is constant, the
     other parts are proportional to the pixel count."""
     maps = forward_maps(config, width, height)
     pixels = width * height
-    params = sum(m.in_channels * m.channels * 9 + m.channels for m in maps if m.kind == "conv")
+    weights = 0
+    for m in (m for m in maps if m.kind == "conv"):
+        tile = _winograd(m, winograd)
+        # A direct conv keeps its kernel and the flipped copy its backward uses; a Winograd conv
+        # keeps one transformed kernel ((m+2)^2 values per 9) that both directions share.
+        weights += m.in_channels * m.channels * (2 * 9 if tile is None else (tile + 2) ** 2) + m.channels
     return {
-        "activations": FLOAT32 * activation_peak(config, width, height)[0],
+        "activations": FLOAT32 * activation_peak(config, width, height, winograd)[0],
         "image": FLOAT32 * _IMAGE_TENSORS * 3 * pixels,
         "host": _HOST_BYTES_PER_ELEMENT * 3 * pixels,
         # The loss graph's forward weights and their flipped copies for the backward (the
-        # targets' session is closed once the targets are computed).
-        "weights": FLOAT32 * params * 2,
+        # targets graphs' sessions are closed once the targets are computed).
+        "weights": FLOAT32 * weights,
     }
 
 
-def estimate_eval_bytes(config: TransferConfig, width: int, height: int) -> int:
+def estimate_eval_bytes(config: TransferConfig, width: int, height: int, winograd: bool = False) -> int:
     """Estimated memory (bytes) one evaluation at a (width, height) working size needs:
     the tensors alive at its peak (:func:`activation_peak`), the image-sized tensors and
     host copies, and the weights (the constant part); affine in the pixel count.
@@ -117,7 +135,7 @@ def estimate_eval_bytes(config: TransferConfig, width: int, height: int) -> int:
     RSS beside it). Excludes the interpreter and libraries and the optimiser's state
     (:func:`estimate_optimizer_bytes`).
     """
-    return sum(eval_memory_breakdown(config, width, height).values())
+    return sum(eval_memory_breakdown(config, width, height, winograd).values())
 
 
 def estimate_optimizer_bytes(width: int, height: int, history: int = 10) -> int:
@@ -158,9 +176,10 @@ def proc_bytes(file: str, key: str) -> int | None:
     return None
 
 
-def run_bytes(config: TransferConfig, width: int, height: int) -> float:
+def run_bytes(config: TransferConfig, width: int, height: int, winograd: bool = False) -> float:
     """Estimated peak memory of a run at a (width, height) working size, in bytes."""
-    return ARENA_FACTOR * estimate_eval_bytes(config, width, height) + estimate_optimizer_bytes(width, height)
+    return (ARENA_FACTOR * estimate_eval_bytes(config, width, height, winograd)
+            + estimate_optimizer_bytes(width, height))
 
 
 def available_bytes() -> int | None:
@@ -168,13 +187,14 @@ def available_bytes() -> int | None:
     return proc_bytes("meminfo", "MemAvailable")
 
 
-def check_memory(config: TransferConfig, width: int, height: int, available: int | None = None) -> None:
+def check_memory(config: TransferConfig, width: int, height: int, available: int | None = None,
+                 winograd: bool = False) -> None:
     available = available if available is not None else available_bytes()
     if available is None:
         return
-    need = run_bytes(config, width, height)
+    need = run_bytes(config, width, height, winograd)
     if need > available:
-        side = largest_square(lambda w, h: run_bytes(config, w, h), available, config.size_multiple())
+        side = largest_square(lambda w, h: run_bytes(config, w, h, winograd), available, config.size_multiple())
         raise MemoryLimitError(
             f"a {width}x{height} px run needs about {need / GIB:.1f} GiB but {available / GIB:.1f} GiB "
             f"are available: use a smaller --size (a {side} px square fits)")

@@ -48,6 +48,15 @@ def cuda_device_present() -> bool:
     return os.path.exists("/dev/nvidiactl") or os.name == "nt"
 
 
+def on_cpu(provider: Provider | str) -> bool:
+    """Whether a session for ``provider`` will run on the CPU: "cpu", or "auto" where there is
+    no NVIDIA device or this onnxruntime has no CUDA provider."""
+    provider = Provider(provider)
+    if provider is Provider.AUTO:
+        return not (cuda_device_present() and CUDA in ort.get_available_providers())
+    return provider is Provider.CPU
+
+
 @contextmanager
 def _quiet_ort() -> Iterator[None]:
     # ORT logs a red error when the CUDA libraries are missing; we report that ourselves.
