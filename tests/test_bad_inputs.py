@@ -5,12 +5,15 @@ Rows run the command line in-process (``CliRunner``) or call the Python API. Eve
 row asserts: the exit status (1 for the engine's errors, 2 for option-parsing errors,
 which keep typer's usage box), one message line that names the problem, no
 traceback, and the output folder's exact contents (nothing stray, nothing lost).
-Signal and race rows are added by the engine's run/runtime tests.
+Faults that need a real process (SIGTERM, Ctrl-C at start-up, a second Ctrl-C, kill -9) are
+in tests/test_signals.py; a full disk at each write in tests/test_run_faults.py.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -82,6 +85,17 @@ class Row:
 def _keep(env: Env) -> None:
     env.out.mkdir()
     (env.out / "keep.txt").write_text("the user's file")
+
+
+def _photo_in_out(env: Env) -> None:
+    env.out.mkdir()
+    shutil.copy(CONTENT, env.out / "cat.png")
+
+
+def _run_in_progress(env: Env) -> None:
+    # Another live run holds the output (this very process stands for it).
+    env.out.mkdir()
+    (env.out / "cat.png.lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")
 
 
 def _truncated_jpeg(env: Env) -> Path:
@@ -197,6 +211,14 @@ ROWS = [
     Row("layers-unknown-network", lambda e: ["layers", "resnet50"], r"unknown network 'resnet50'"),
     # ---- the Python API
     Row("api-provider-tpu", lambda e: lambda: StyleTransfer(provider="tpu"), r"unknown provider 'tpu'"),
+    Row("output-is-the-content-photo", lambda e: stylize(e, content=e.out / "cat.png"),
+        r"output .*cat\.png would overwrite the content image", after=["cat.png"], setup=_photo_in_out),
+    Row("snapshot-would-overwrite-the-style", lambda e: stylize(e, style=e.out / "cat_at_iteration_1.png"),
+        r"snapshot 1 .*would overwrite the style image", after=["cat_at_iteration_1.png"],
+        setup=lambda e: (e.out.mkdir(), shutil.copy(STYLE, e.out / "cat_at_iteration_1.png"))),
+    Row("race-output-in-use-by-another-run", lambda e: stylize(e), r"is being written by another run",
+        after=["cat.png.lock"], setup=_run_in_progress),
+    Row("resume-with-nothing-to-resume", lambda e: stylize(e, "--resume"), r"(no checkpoint|nothing to resume)"),
     Row("api-threads-zero", lambda e: lambda: StyleTransfer(threads=0), r"threads must be a whole number >= 1"),
     Row("api-config-size-text", lambda e: lambda: TransferConfig(size="big"), r"size must be a whole number"),
     Row("api-config-pooling", lambda e: lambda: TransferConfig(pooling="mean"), r"unknown pooling 'mean'"),
