@@ -19,7 +19,6 @@ import hashlib
 import html
 import json
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -34,6 +33,7 @@ import numpy as np
 import typer
 from PIL import Image
 
+from benchmarks.harness import cpu_model
 from engine.cli import app
 from engine.errors import ModelNotFoundError
 from engine.models.store import find_model
@@ -142,16 +142,6 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def stylize_options() -> set[str]:
     """The option names this `nst stylize` accepts."""
     command = typer.main.get_command(app).commands["stylize"]
@@ -213,7 +203,7 @@ def run(entry: Entry, nst: Path) -> dict:
     return {
         "command": shlex.join(entry.command()), "inputs": inputs_of(entry), "seconds": round(seconds, 1),
         "load_mean": round(sum(load.samples) / len(load.samples), 2), "load_max": round(max(load.samples), 2),
-        "cores": os.cpu_count(), "cpu": cpu_name(), "date": datetime.datetime.now(datetime.timezone.utc)
+        "cores": os.cpu_count(), "cpu": cpu_model(), "date": datetime.datetime.now(datetime.timezone.utc)
         .strftime("%Y-%m-%d %H:%M UTC"), "provider": record.get("provider", "?"),
         "loss": record["iterations"][-1]["loss"] if record.get("iterations") else None,
     }

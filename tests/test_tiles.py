@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from PIL import Image
 
 import loss_reference as ref
 import regions_reference as rref
 import vgg_reference
+from conftest import ort_session
 from engine import StyleTransfer, TransferConfig
 from engine.graph import lossgrad
 from engine.graph.lossgrad import LayerChoice
@@ -26,12 +26,6 @@ STYLE = ROOT / "examples" / "style.jpg"
 # Content layer also a style layer, style layers out of order; shallow, so the float64 reference is quick.
 MIXED = LayerChoice("block2_conv2", ("block2_conv1", "block1_conv2", "block3_conv1", "block1_conv1"), tileable=True)
 MIXED_WEIGHTS = (1000.0, 100.0, 12.0, 1.0)
-
-
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +63,7 @@ def test_tileable_loss_graph_matches_circular_reference_on_synthetic_vgg(synthet
     targets = [rref.mean_grams(layers, style, full, MIXED.style_layers, wrap=True)]
     terms, grad = rref.loss_and_grad(layers, x, content_target, targets, [full], 100.0, MIXED_WEIGHTS, 200.0,
                                      MIXED.content_layer, MIXED.style_layers, wrap=True)
-    sess = session(lossgrad.build_loss_graph(synthetic_features, MIXED))
+    sess = ort_session(lossgrad.build_loss_graph(synthetic_features, MIXED))
     outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
     for name in ("loss", "content", "tv", *(f"style.{layer}" for layer in MIXED.style_layers)):
         assert float(outputs[name]) == pytest.approx(terms[name], rel=1e-4), name
@@ -85,10 +79,10 @@ def test_a_torus_loss_is_blind_to_where_the_picture_is_cut(synthetic_features):
     # TV terms (Grams and wrapped differences sum over the whole torus).
     rng = np.random.default_rng(3)
     x, style = (rng.standard_normal((1, 3, 16, 24)).astype(np.float32) * 50 for _ in range(2))
-    sess = session(lossgrad.build_loss_graph(synthetic_features, MIXED))
-    targets = [*session(lossgrad.build_content_graph(synthetic_features, MIXED)).run(
+    sess = ort_session(lossgrad.build_loss_graph(synthetic_features, MIXED))
+    targets = [*ort_session(lossgrad.build_content_graph(synthetic_features, MIXED)).run(
         [lossgrad.features_output(MIXED.content_layer)], {"image": style}),
-               *session(lossgrad.build_style_graph(synthetic_features, MIXED)).run(
+               *ort_session(lossgrad.build_style_graph(synthetic_features, MIXED)).run(
         [lossgrad.gram_output(l) for l in MIXED.style_layers], {"image": style})]
     feeds = {lossgrad.CONTENT_TARGET: targets[0], lossgrad.CONTENT_WEIGHT: np.array(0.0, np.float32),
              lossgrad.TV_WEIGHT: np.array(3.0, np.float32)}
