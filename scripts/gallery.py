@@ -249,9 +249,9 @@ def markdown(results: dict, reasons: dict, prefix: str) -> str:
         "Each picture is the bundled cat photo painted by the one `nst stylize` command under it (open "
         "*command*): 256 px, 10 iterations of 20 evaluations, starting from the photo; cheap on purpose, "
         "so `make gallery` remakes the page in minutes. Times are the command's wall time, start-up "
-        f"included, on {', '.join(cpus) or 'this machine'}, which other jobs shared while the gallery was "
-        "made: the load average sampled during each run stands beside its time (a load above the core "
-        "count means the run waited for the CPU and took longer than it would alone).", 100)]
+        f"included, on {', '.join(cpus) or 'this machine'}; the load average sampled during each run "
+        "stands beside its time (a load above the core count means other work shared the CPU and the run "
+        "took longer than it would alone).", 100)]
     return "\n".join(lines) + "\n"
 
 
