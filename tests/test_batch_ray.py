@@ -46,7 +46,9 @@ def jobs_path(tmp_path_factory) -> Path:
     rows = [dict(content="cat.png", style="starry.png", output="a.png", size=32, iterations=2, maxfun=3),
             dict(content="grey.png", style="starry.png", output="sub/b.png", size=32, iterations=2, maxfun=3,
                  save_every=0),
-            dict(content="cat.png", style="grey.png", output="c.png", size=48, iterations=4, maxfun=4)]
+            # The seed's loop: a resumed run of it ends on the very pixels of one never stopped.
+            dict(content="cat.png", style="grey.png", output="c.png", size=48, iterations=4, maxfun=4,
+                 optimizer_mode="seed")]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
