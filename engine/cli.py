@@ -485,10 +485,19 @@ def serve(
     max_upload_mb: Annotated[float, _opt(RUNTIME, "Largest uploaded image file in MB (default: 20).")] = 20.0,
     max_pixels: Annotated[int, _opt(RUNTIME, "Largest uploaded image or output in pixels (default: 25000000).")]
     = 25_000_000,
-    workers: Annotated[int, _opt(RUNTIME, "Jobs run at once, each on its own engine (default: 1).")] = 1,
+    max_queued: Annotated[int, _opt(RUNTIME, "Most jobs waiting in the queue; more are refused (default: 100).")]
+    = 100,
+    workers: Annotated[Optional[int], _opt(
+        RUNTIME, "Jobs run at once, each on its own engine (default: 1; with --ray, as many as the cluster's "
+        "CPUs hold at --threads each).")] = None,
     provider: Annotated[Provider, _opt(RUNTIME, "Execution provider: auto takes CUDA when it starts (default: auto).")]
     = Provider.AUTO,
-    threads: Annotated[Optional[int], _opt(RUNTIME, "CPU threads for ONNX Runtime per job (default: all cores).")]
+    threads: Annotated[Optional[int], _opt(
+        RUNTIME, "CPU threads for ONNX Runtime per job; with --ray also the CPUs each worker reserves "
+        "(default: all cores; with --ray, 1).")] = None,
+    ray: Annotated[Optional[str], _opt(
+        RUNTIME, "Run the jobs on Ray actors at ADDRESS: auto, host:6379, ray://host:10001, or local to start a "
+        "cluster here; needs the ray extra (default: off, engines in this process).", "--ray", metavar="ADDRESS")]
     = None,
     allow_origin: Annotated[Optional[list[str]], _opt(
         RUNTIME, "Public origin of a reverse proxy in front, e.g. https://example.org; repeatable (default: none).")]
@@ -504,10 +513,9 @@ def serve(
     from .serve.settings import ServeSettings
 
     settings = ServeSettings(host=host, port=port, data_dir=data_dir, token=token, max_upload_mb=max_upload_mb,
-                             max_pixels=max_pixels, workers=workers, models_dir=models_dir, provider=provider,
-                             threads=threads, allowed_origins=tuple(allow_origin or ()))
-    shown = f"[{host}]" if ":" in host else host
-    typer.echo(f"serving http://{shown}:{port}/ (jobs in {settings.data_dir}); Ctrl-C stops", err=True)
+                             max_pixels=max_pixels, max_queued=max_queued, workers=workers, models_dir=models_dir,
+                             provider=provider,
+                             threads=threads, allowed_origins=tuple(allow_origin or ()), ray_address=ray)
     run_server(settings)
 
 

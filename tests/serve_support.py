@@ -36,7 +36,8 @@ def shared_runner(models_dir: Path) -> EngineRunner:
 
 
 def board_for(settings: ServeSettings) -> JobBoard:
-    return JobBoard(settings.data_dir, lambda: shared_runner(settings.models_dir), settings.workers)
+    return JobBoard(settings.data_dir, lambda: shared_runner(settings.models_dir), settings.workers or 1,
+                    settings.max_queued)
 
 
 class LiveServer:
@@ -44,7 +45,8 @@ class LiveServer:
 
     def __init__(self, settings: ServeSettings):
         self.settings = settings
-        self.app = create_app(settings, board_for(settings))
+        # With --ray the app makes its own board: its workers are Ray actors.
+        self.app = create_app(settings, None if settings.ray_address else board_for(settings))
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

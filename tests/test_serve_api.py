@@ -121,6 +121,23 @@ def test_cancel_takes_a_queued_job_off_the_queue_and_stops_a_running_one(server)
     assert again.status_code == 409 and "nothing to cancel" in again.json()["detail"]
 
 
+def test_a_full_queue_refuses_a_submit_with_the_limit(tmp_path, models_dir):
+    live = LiveServer(serve_settings(tmp_path, models_dir, max_queued=1))
+    try:
+        running = live.submit(LONG).json()["id"]
+        live.wait(running, ("running",))
+        waiting = live.submit(TINY)
+        assert waiting.status_code == 202
+        refused = live.submit(TINY)
+        assert refused.status_code == 429 and "--max-queued" in refused.json()["detail"]
+        assert [j["id"] for j in live.http.get("api/jobs").json()["jobs"]] == [waiting.json()["id"], running]
+        for job in (waiting.json()["id"], running):
+            live.http.post(f"api/jobs/{job}/cancel")
+            live.wait(job, ("cancelled",))
+    finally:
+        live.stop()
+
+
 def test_delete_removes_an_ended_job_and_refuses_an_active_one(server):
     job_id = server.submit(LONG).json()["id"]
     busy = server.http.delete(f"api/jobs/{job_id}")
@@ -216,6 +233,7 @@ class CancelAfterFirstIteration:
 
     def __init__(self, runner):
         self.runner = runner
+        self.name = runner.name
         self.runs = 0
 
     def run(self, config, content, styles, output, callback, cancel, resume):

@@ -273,8 +273,12 @@ def test_login_sets_an_httponly_cookie_that_then_authorises(token_server):
         reply = browser.post("api/login", json={"token": TOKEN})
         assert reply.status_code == 200
         cookie = reply.headers["set-cookie"].lower()
-        assert "httponly" in cookie and "samesite=strict" in cookie
+        assert "httponly" in cookie and "samesite=strict" in cookie and "secure" not in cookie  # plain http here
         assert browser.get("api/jobs").status_code == 200
+        # A page served over HTTPS (here: a TLS proxy in front, as the browser's Origin tells) gets a Secure cookie.
+        proxied = browser.post("api/login", json={"token": TOKEN},
+                               headers={"Origin": f"https://127.0.0.1:{token_server.port}"})
+        assert proxied.status_code == 200 and "; secure" in proxied.headers["set-cookie"].lower()
 
 
 def test_the_server_never_fetches_a_url(server):

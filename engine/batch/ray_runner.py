@@ -208,15 +208,17 @@ def _write_back(item: Work, files: dict[str, bytes], scratch: dict) -> None:
     for name, data in files.items():
         atomic_write_bytes(folder / name, data)
     if record is not None:
-        document = _repath(json.loads(record), scratch["out"], str(folder), scratch["inputs"])
+        document = repath_record(json.loads(record), scratch["out"], str(folder), scratch["inputs"])
         atomic_write_bytes(folder / scratch["record"], (json.dumps(document, indent=2) + "\n").encode())
 
 
-def _repath(value: Any, scratch_out: str, folder: str, inputs: dict[str, str]) -> Any:
+def repath_record(value: Any, scratch_out: str, folder: str, inputs: dict[str, str]) -> Any:
+    """A run record written in a worker's scratch folder, its paths made the driver's: the scratch
+    output folder's files become ``folder``'s, and the scratch inputs their originals (``inputs``)."""
     if isinstance(value, dict):
-        return {key: _repath(item, scratch_out, folder, inputs) for key, item in value.items()}
+        return {key: repath_record(item, scratch_out, folder, inputs) for key, item in value.items()}
     if isinstance(value, list):
-        return [_repath(item, scratch_out, folder, inputs) for item in value]
+        return [repath_record(item, scratch_out, folder, inputs) for item in value]
     if isinstance(value, str):
         if value in inputs:
             return inputs[value]

@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import io
 import json
+import sys
 from importlib import resources
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -127,8 +128,7 @@ def _cookies(header: str) -> dict[str, str]:
 
 def create_app(settings: ServeSettings, board: JobBoard | None = None) -> FastAPI:
     """The application for ``settings``; its job board (and workers) start with the app, stop with it."""
-    board = board or JobBoard(settings.data_dir, lambda: EngineRunner(
-        settings.models_dir, settings.provider, settings.threads), settings.workers)
+    board = board or _board(settings)
 
     async def lifespan(app):
         board.start()
@@ -158,7 +158,7 @@ def create_app(settings: ServeSettings, board: JobBoard | None = None) -> FastAP
 
     @app.get("/healthz", summary="Liveness and queue counts")
     async def healthz():
-        return {"status": "ok", "version": __version__, "workers": settings.workers, "jobs": board.counts()}
+        return {"status": "ok", "version": __version__, "workers": board.workers, "jobs": board.counts()}
 
     @app.post("/api/login", summary="Exchange the token for an HttpOnly cookie (for the page)")
     async def login(request: Request):
@@ -169,7 +169,9 @@ def create_app(settings: ServeSettings, board: JobBoard | None = None) -> FastAP
         if not settings.token or not hmac.compare_digest(given.encode(), settings.token.encode()):
             return JSONResponse({"detail": "wrong token"}, 401)
         response = JSONResponse({"ok": True})
-        response.set_cookie(COOKIE, settings.token, httponly=True, samesite="strict", path="/")
+        # Secure when the page came over HTTPS (directly, or through a TLS proxy: the browser's Origin says so).
+        secure = request.url.scheme == "https" or request.headers.get("origin", "").startswith("https://")
+        response.set_cookie(COOKIE, settings.token, httponly=True, samesite="strict", path="/", secure=secure)
         return response
 
     @app.get("/api/options", summary="Presets, defaults and the server's limits")
@@ -269,6 +271,18 @@ def create_app(settings: ServeSettings, board: JobBoard | None = None) -> FastAP
     return app
 
 
+def _board(settings: ServeSettings) -> JobBoard:
+    """The jobs of ``settings.data_dir``, run by engines in this process or on Ray actors."""
+    if settings.ray_address:
+        from .remote import RayEngineRunner, connect
+
+        workers = connect(settings.ray_address, settings.threads, settings.workers)
+        return JobBoard(settings.data_dir, lambda: RayEngineRunner(
+            settings.models_dir, settings.provider, settings.threads), workers, settings.max_queued)
+    return JobBoard(settings.data_dir, lambda: EngineRunner(
+        settings.models_dir, settings.provider, settings.threads), settings.workers or 1, settings.max_queued)
+
+
 async def _read(upload: UploadFile, max_bytes: int) -> bytes:
     # One byte past the limit is enough to know it is over.
     return await upload.read(max_bytes + 1)
@@ -295,7 +309,12 @@ def run_server(settings: ServeSettings) -> None:
     """Listen until Ctrl-C; running jobs then show as interrupted, resumable after a restart."""
     import uvicorn
 
+    app = create_app(settings)  # joins the Ray cluster first with --ray: a wrong address fails here
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    where = f", run on Ray actors, {app.state.board.workers} at once" if settings.ray_address else ""
+    print(f"serving http://{host}:{settings.port}/ (jobs in {settings.data_dir}{where}); Ctrl-C stops",
+          file=sys.stderr, flush=True)
     # Open event streams never end by themselves: after 2 s of shutdown they are closed, then the
     # workers stop (their running jobs show as interrupted).
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
                 proxy_headers=False, server_header=False, timeout_graceful_shutdown=2)

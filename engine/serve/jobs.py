@@ -11,6 +11,7 @@ inside the job's folder (no symlink leads out).
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import shutil
@@ -95,6 +96,7 @@ class EngineRunner:
 
     def __init__(self, models_dir: Path | None, provider: Provider, threads: int | None):
         self.engine = Engine(models_dir=models_dir, provider=provider, threads=threads)
+        self.name = f"pid {os.getpid()}"
 
     def run(self, config: TransferConfig, content: Path, styles: list[Path], output: Path,
             callback: Callable, cancel: threading.Event, resume: bool) -> str:
@@ -111,7 +113,8 @@ class ServerStopping(KeyboardInterrupt):
 class JobBoard:
     """Every job of a data dir, the queue, and ``workers`` threads running queued jobs in order."""
 
-    def __init__(self, data_dir: Path, runner_factory: Callable[[], EngineRunner], workers: int = 1):
+    def __init__(self, data_dir: Path, runner_factory: Callable[[], EngineRunner], workers: int = 1,
+                 max_queued: int = 100):
         root = Path(data_dir) / "jobs"
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -122,7 +125,7 @@ class JobBoard:
             raise ConfigError(f"cannot keep jobs in {root}: {exc.strerror or exc}; choose another --data-dir") from None
         self.root = root.resolve()
         self._runner_factory = runner_factory
-        self._workers = workers
+        self.workers, self.max_queued = workers, max_queued
         self._lock = threading.Condition()
         self._jobs: dict[str, Job] = {}
         self._queue: list[str] = []
@@ -169,6 +172,10 @@ class JobBoard:
 
     def submit(self, params: dict[str, Any], config: TransferConfig, content: Image.Image,
                styles: list[Image.Image]) -> tuple[Job, int]:
+        with self._lock:
+            if len(self._queue) >= self.max_queued:
+                raise JobError(f"the queue is full: {len(self._queue)} jobs wait, the server's limit (--max-queued); "
+                               "try again when some have run", 429)
         job_id = new_id()
         folder = self.root / job_id
         staging = self.root / f".{job_id}.new"
@@ -267,7 +274,7 @@ class JobBoard:
     # -- workers ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        for k in range(self._workers):
+        for k in range(self.workers):
             thread = threading.Thread(target=self._work, name=f"nst-worker-{k}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -298,7 +305,7 @@ class JobBoard:
                 job.snapshots = _snapshots(job.folder / "output") if resume else []
                 job.iteration = max(job.snapshots, default=0) if resume else 0
                 self._save(job)
-                self._emit(job, "started", {"resumed_from": job.iteration if resume else None})
+                self._emit(job, "started", {"resumed_from": job.iteration if resume else None, "worker": runner.name})
                 for other in self._queue:
                     self._emit(self._jobs[other], "queued", {"position": self._queue.index(other)})
             self._run(runner, job, resume)

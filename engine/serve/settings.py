@@ -36,8 +36,10 @@ class ServeSettings:
     """host/port: where to listen (loopback unless a token is set); token: the shared secret every
     request must carry (None: $NST_TOKEN, else none, allowed only on loopback); data_dir: the jobs'
     folders; max_upload_mb: largest uploaded file; max_pixels: largest decoded image and output;
-    workers: jobs run at once; models_dir, provider, threads: as for ``Engine``; allowed_origins:
-    the public origins (scheme://host[:port]) of a reverse proxy in front, whose pages may use the API."""
+    max_queued: most jobs waiting (a submit beyond is refused); workers: jobs run at once (None: 1, or with ``ray_address`` as many as the cluster holds);
+    models_dir, provider, threads: as for ``Engine``; allowed_origins: the public origins
+    (scheme://host[:port]) of a reverse proxy in front, whose pages may use the API; ray_address:
+    run the jobs on a Ray cluster (auto, host:6379, ray://host:10001, or local to start one)."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -45,11 +47,13 @@ class ServeSettings:
     token: str | None = None
     max_upload_mb: float = 20.0
     max_pixels: int = 25_000_000
-    workers: int = 1
+    workers: int | None = None
+    max_queued: int = 100
     models_dir: Path | None = None
     provider: Provider = Provider.AUTO
     threads: int | None = None
     allowed_origins: tuple[str, ...] = ()
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         token = self.token if self.token is not None else os.environ.get(TOKEN_ENV) or None
@@ -75,7 +79,9 @@ class ServeSettings:
         if not 256 <= self.max_pixels <= MAX_MEGAPIXELS * 1e6:
             raise ConfigError(f"max_pixels must be between 256 and {MAX_MEGAPIXELS * 1e6:.0f} (the engine's image "
                               f"limit), got {self.max_pixels}")
-        if self.workers < 1:
+        if self.max_queued < 1:
+            raise ConfigError(f"max_queued must be at least 1, got {self.max_queued}")
+        if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1 (or unset for all cores), got {self.threads}")
