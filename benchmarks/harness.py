@@ -467,6 +467,7 @@ def _child_onnx(spec: dict) -> dict:
                                 threads=spec["threads"])
     problem = st.prepare(spec["content"], spec["style"])
     prepared = time.perf_counter()
+    from_command = time.time() - spec["spawned"]  # the process's start and imports included
     x = problem.initial_image()
     problem.loss_and_grad(x)
     first = time.perf_counter()
@@ -474,7 +475,7 @@ def _child_onnx(spec: dict) -> dict:
         problem.loss_and_grad(x)
     return {"baseline_rss": baseline, "peak_rss": peak_rss_bytes(), "prepare_s": prepared - tick,
             "graphs_s": graphs.seconds, "sessions_s": sessions.seconds, "first_eval_s": first - prepared,
-            "time_to_first_eval_s": first - tick, "provider": problem.provider,
+            "time_to_first_eval_s": first - tick, "command_to_ready_s": from_command, "provider": problem.provider,
             "size": [problem.shape[3], problem.shape[2]]}
 
 
@@ -514,7 +515,7 @@ def run_child(spec: dict, env: dict[str, str] | None = None) -> dict:
     the environment; its dict back."""
     with tempfile.TemporaryDirectory(prefix="nst-bench-") as folder:
         spec_path, out = Path(folder) / "spec.json", Path(folder) / "out.json"
-        spec = {**spec, "out": str(out)}
+        spec = {**spec, "out": str(out), "spawned": time.time()}
         if "arrays_data" in spec:
             np.savez(Path(folder) / "arrays.npz", **spec.pop("arrays_data"))
             spec["arrays"] = str(Path(folder) / "arrays.npz")
@@ -684,7 +685,7 @@ def _measure_size(options: BenchOptions, cfg: TransferConfig, st, reference: Tor
         "size": size, "width": width, "height": height, "pixels": width * height, "provider": problem.provider,
         "conv_gflop": flops.total / 1e9, "conv_forward_gflop": flops.forward / 1e9, "gram_gflop": flops.gram / 1e9,
         "time_to_first_eval_s": child["time_to_first_eval_s"], "first_eval_contention": child["contention"],
-        **{key: child[key] for key in ("prepare_s", "sessions_s", "graphs_s", "first_eval_s")},
+        **{key: child[key] for key in ("prepare_s", "command_to_ready_s", "sessions_s", "graphs_s", "first_eval_s")},
         "rss": {"onnx_peak": child["peak_rss"], "onnx_baseline": child["baseline_rss"]},
         "estimate_eval_bytes": estimate_eval_bytes(cfg, width, height),
         "estimate_breakdown": eval_memory_breakdown(cfg, width, height),

@@ -58,15 +58,17 @@ def markdown(result: dict[str, Any]) -> str:
     header = ["size", "pixels", "engine ms", "engine GFLOP/s", "of sgemm peak"]
     if torch_used:
         header += ["PyTorch ms", "PyTorch GFLOP/s", "engine / PyTorch"]
-    header += ["conv GFLOP", "ms per MP", "ready s", "first eval done s", "others' CPU"]
+    header += ["conv GFLOP", "ms per MP", "ready s", "from command s", "first eval done s", "others' CPU"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in result["sizes"]:
         row = [f"{e['width']}x{e['height']}", f"{e['pixels']:,}", f"{1e3 * e['onnx']['median_s']:.1f}",
                f"{e['onnx']['gflops']:.0f}", f"{100 * e['onnx']['share_of_sgemm_peak']:.0f}%"]
         if torch_used:
             row += [f"{1e3 * e['torch']['median_s']:.1f}", f"{e['torch']['gflops']:.0f}", f"{e['onnx_over_torch']:.2f}"]
+        command = e.get("command_to_ready_s")  # absent from results made before it was measured
         row += [f"{e['conv_gflop']:.1f}", f"{e['onnx']['ms_per_megapixel']:.0f}", f"{e['prepare_s']:.2f}",
-                f"{e['time_to_first_eval_s']:.2f}", _share(e.get("contention"))]
+                "-" if command is None else f"{command:.2f}", f"{e['time_to_first_eval_s']:.2f}",
+                _share(e.get("contention"))]
         lines.append("| " + " | ".join(row) + " |")
     sc = result["scaling"]
     shares = [share for share in map(_used_share, [*(e.get("contention") for e in result["sizes"]),
@@ -88,7 +90,8 @@ def markdown(result: dict[str, Any]) -> str:
               "between runs" + ("; the ratio of the interleaved timings moves much less." if torch_used else ".")]
     lines += ["", "GFLOP/s counts the 3x3 convs only: forward and input gradient (no weight gradients). "
               "'ready': a fresh process's StyleTransfer.prepare (graphs, sessions started, targets computed: the "
-              "time to the first evaluation); 'first eval done': that plus the first evaluation."]
+              "time to the first evaluation); 'from command': the same point counted from the process's start "
+              "(interpreter, imports); 'first eval done': 'ready' plus the first evaluation."]
     notes = []
     if sc.get("onnx_exponent") is not None:
         notes.append(f"Scaling: time grows as pixels^{sc['onnx_exponent']:.2f} (engine)"

@@ -73,7 +73,7 @@ def fake_result(with_torch: bool) -> dict:
         t = 1e-9 * w * h * 7
         entry = {"size": size, "width": w, "height": h, "pixels": w * h, "provider": "CPUExecutionProvider",
                  "conv_gflop": flops.total / 1e9, "conv_forward_gflop": flops.forward / 1e9, "gram_gflop": flops.gram / 1e9,
-                 "time_to_first_eval_s": 1.3, "prepare_s": 1.2, "sessions_s": 0.5, "graphs_s": 0.1, "first_eval_s": 0.1,
+                 "time_to_first_eval_s": 1.3, "prepare_s": 1.2, "command_to_ready_s": 1.45, "sessions_s": 0.5, "graphs_s": 0.1, "first_eval_s": 0.1,
                  "rss": {"onnx_peak": 400e6 + 6000 * w * h, "onnx_baseline": 100e6},
                  "estimate_eval_bytes": estimate_eval_bytes(config, w, h),
                  "estimate_breakdown": eval_memory_breakdown(config, w, h),
@@ -138,7 +138,7 @@ def test_writers_produce_json_and_a_markdown_table(tmp_path, with_torch):
     assert text == markdown(result)
     assert "2 cores of an AMD EPYC" in text
     assert "| 128x80 | 10,240 |" in text and "| 256x176 | 45,056 |" in text
-    assert "| ready s | first eval done s |" in text and "| 1.20 | 1.30 |" in text  # prepare, prepare + first eval
+    assert "| ready s | from command s | first eval done s |" in text and "| 1.20 | 1.45 | 1.30 |" in text
     assert ("engine / PyTorch" in text) is with_torch
     assert "estimate, not measured (H200)" in text
     assert "OPENBLAS_CORETYPE=Zen" in text and "unset" in text
