@@ -374,6 +374,7 @@ def batch(
     engine_options = dict(models_dir=models_dir, provider=provider, threads=threads)
     if ray:
         runner = RayRunner(ray_address, cpus_per_job, gpus_per_job, workers, retries, scratch, engine_options)
+        runner.connect()  # a cluster too small for one job is refused before anything is written
     else:
         runner = LocalRunner(Engine(**engine_options))
     try:

@@ -151,3 +151,9 @@ def test_a_job_no_node_can_hold_is_refused(cluster, jobs_path, engine_options, t
     with pytest.raises(ConfigError, match="too few for one job of 1 CPUs and 1 GPUs"):
         _run(jobs_path, tmp_path / "out", runner, only="a.png")
     assert not list((tmp_path / "out").glob("*.png"))
+    # From the command line: one line, before the output folder or its batch.json is written.
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["batch", str(jobs_path), "-o", str(out), "--ray", "--gpus-per-job", "1",
+                                      "--models-dir", str(engine_options["models_dir"]), "--provider", "cpu"])
+    assert result.exit_code != 0 and "too few for one job" in result.stderr
+    assert not out.exists()

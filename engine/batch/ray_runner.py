@@ -69,14 +69,19 @@ class RayRunner:
         self.actors: list = []   # the live actors, for a caller that wants their processes
         self.pids: dict = {}     # actor -> its process id
 
+    def connect(self) -> int:
+        """Join (or start) the cluster; how many workers its resources hold (a ConfigError when none:
+        also when --workers is given, as an actor that fits nowhere would wait forever)."""
+        if not self.ray.is_initialized():
+            self.ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+        return self._fitting()
+
     def run(self, work: list[Work], reporter: Reporter, cancel) -> None:
         ray = self.ray
         if not work:
             return
-        if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+        fits = self.connect()
         worker_class = ray.remote(_Worker).options(num_cpus=self.cpus, num_gpus=self.gpus)
-        fits = self._fitting()  # also when --workers is given: an actor that fits nowhere would wait forever
         count = min(len(work), self.workers or fits)
         inputs: dict[Path, Any] = {}
         for item in work:
