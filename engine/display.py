@@ -21,6 +21,9 @@ from .run.events import Evaluated, IterationDone, Prepared
 from .run.records import TransferResult
 
 
+VISUALS = {"sheet": "contact sheet", "gif": "progress GIF", "plot": "loss plot", "tiled": "tile preview"}
+
+
 class ProgressDisplay:
     """A callback for ``StyleTransfer.run`` that shows its progress; use it as a context manager.
 
@@ -112,6 +115,7 @@ class ProgressDisplay:
         if snapshots:
             written.append(f"{len(snapshots)} snapshot{'s' if len(snapshots) > 1 else ''} "
                            f"({_span(snapshots)})")
+        written += [f"{VISUALS[kind]} {path}" for kind, path in result.visuals.items()]
         if result.record:
             written.append(f"record {result.record}")
         if written:

@@ -184,6 +184,8 @@ def test_cli_sheet_gif_plot_and_16_bit_png(tmp_path, models_dir):
     names = written(tmp_path)
     assert {"cat.png", "cat.json", "cat_sheet.png", "cat.gif"} <= set(names)
     assert ("cat_loss.png" in names) == HAS_MATPLOTLIB
+    assert f"contact sheet {tmp_path / 'cat_sheet.png'}, progress GIF {tmp_path / 'cat.gif'}" in result.stderr
+    assert (f"loss plot {tmp_path / 'cat_loss.png'}" in result.stderr) == HAS_MATPLOTLIB
     assert read_png16(output)[0]["bit_depth"] == 16
     with Image.open(tmp_path / "cat.gif") as gif:
         assert gif.n_frames == 2

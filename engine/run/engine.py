@@ -486,18 +486,19 @@ class _Run:
         shots = [it.snapshot for it in its if it.snapshot]
         labels = [f"iteration {it.iteration}" for it in its if it.snapshot]
         paths = visual_paths(output)
+        writers = {}
         if cfg.sheet and shots:
-            visuals.contact_sheet(shots, paths["sheet"], labels=labels)
-            self.files.append(paths["sheet"])
+            writers["sheet"] = lambda path: visuals.contact_sheet(shots, path, labels=labels)
         if cfg.gif and shots:
-            visuals.progress_gif(shots, paths["gif"])
-            self.files.append(paths["gif"])
+            writers["gif"] = lambda path: visuals.progress_gif(shots, path)
         if cfg.plot:
-            visuals.loss_curve([it.record() for it in its], paths["plot"])
-            self.files.append(paths["plot"])
+            writers["plot"] = lambda path: visuals.loss_curve([it.record() for it in its], path)
         if cfg.tile_preview:
-            visuals.tile_mosaic(self.result.image, paths["tiled"])
-            self.files.append(paths["tiled"])
+            writers["tiled"] = lambda path: visuals.tile_mosaic(self.result.image, path)
+        for kind, write in writers.items():
+            write(paths[kind])
+            self.files.append(paths[kind])
+            self.result.visuals[kind] = paths[kind]
 
     def _end(self, status: RunStatus, error: str | None, failing: bool) -> None:
         """Remove a finished run's checkpoint, then write the record (a failing run's record

@@ -35,6 +35,7 @@ class TransferResult:
     seconds: float = 0.0
     status: str = RunStatus.FINISHED.value
     checkpoint: Path | None = None     # where --resume / resume=True continues from (None once finished)
+    visuals: dict[str, Path] = field(default_factory=dict)  # kind (sheet, gif, plot, tiled) -> file written
 
 
 def snapshot_path(output: Path, iteration: int) -> Path:
