@@ -67,8 +67,7 @@ def load_image(path: str | os.PathLike, fit: int | None = None,
             if fit and image.format == "JPEG" and width * height > _DRAFT_ABOVE_PIXELS:
                 image.draft(image.mode, (2 * fit, 2 * fit))
             image.load()  # decode everything now, so a truncated file fails here and not mid-run
-            icc = image.info.get("icc_profile")
-            return _to_srgb(ImageOps.exif_transpose(image), icc)
+            return upright_srgb(image)
     except PermissionError:
         raise error("permission denied, check the file's permissions") from None
     except UnidentifiedImageError:
@@ -99,6 +98,13 @@ def _open_unchecked(path: Path) -> Iterator[Image.Image]:
             Image.MAX_IMAGE_PIXELS = saved
     with image:
         yield image
+
+
+def upright_srgb(image: Image.Image) -> Image.Image:
+    """A decoded image as 8-bit RGB in sRGB: turned upright by its EXIF orientation, its ICC profile
+    applied, 16-bit grey scaled, transparency flattened onto white."""
+    icc = image.info.get("icc_profile")
+    return _to_srgb(ImageOps.exif_transpose(image), icc)
 
 
 def _to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import io
 import warnings
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError
-from ..io.images import _to_srgb
+from ..io.images import upright_srgb
 
 # Raster formats a browser or camera sends; Pillow is told to try no other decoder.
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -44,7 +44,7 @@ def decode_upload(data: bytes, field: str, max_bytes: int, max_pixels: int) -> I
                         f"{field}: the image is {width}x{height} = {width * height} pixels, over the server's "
                         f"limit of {max_pixels} pixels (--max-pixels): send a smaller image", 413)
                 image.load()
-                return _to_srgb(ImageOps.exif_transpose(image), image.info.get("icc_profile"))
+                return upright_srgb(image)
     except UploadRefused:
         raise
     except UnidentifiedImageError:
