@@ -6,7 +6,8 @@ and gradient from PyTorch eager autograd (:class:`~benchmarks.torch_reference.To
 the engine's loss on the same weights). Its loss after K iterations is the target; an
 engine arm's time is the wall time from its ``StyleTransfer.run`` call (graphs, sessions,
 targets included) to the first evaluation at the final size whose loss is at or below the
-target (an arm that has not got there after the seed's K x 20 evaluations stops). The seed
+target (an arm that has not got there after as many evaluations as the seed pipeline made in
+its K iterations, about K x 21 as scipy overruns maxfun, stops). The seed
 arm's clock also starts before its targets are computed.
 
 Arms run one after the other, alternated, ``repeats`` times each; medians are reported with
@@ -143,7 +144,8 @@ def run(content: Path, style: Path, size: int, iterations: list[int], arms: dict
             fields = {k: v for k, v in overrides.items() if k != "winograd"}
             cfg = TransferConfig(**{**base, "save_every": 0, "iterations": 10 * deepest, **fields})
             with CpuMonitor() as monitor:
-                result = engine_arm(cfg, content, style, min(targets.values()), deepest * SEED_MAXFUN, threads,
+                budget = seed["curve"][deepest - 1]["evaluations"]  # what the seed pipeline used
+                result = engine_arm(cfg, content, style, min(targets.values()), budget, threads,
                                     overrides.get("winograd"))
             seconds_to = {str(k): next((p["seconds"] for p in result["curve"] if p["loss"] <= t), None)
                           for k, t in targets.items()}
@@ -236,6 +238,7 @@ def main() -> None:
     Path(f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
     Path(f"{args.out}.md").write_text(markdown(result))
     plot(result, Path(f"{args.out}.png"))
+    Path(f"{args.out}.partial.json").unlink(missing_ok=True)  # the whole result stands in for it now
     print(markdown(result))
 
 
