@@ -70,13 +70,18 @@ class LiveServer:
         return self.http.post("api/jobs", files=files, data={"params": json.dumps(params)}, **kwargs)
 
     def wait(self, job_id: str, statuses: tuple[str, ...], timeout: float = 60.0) -> dict:
+        return self.wait_for(job_id, lambda job: job["status"] in statuses, timeout)
+
+    def wait_for(self, job_id: str, condition, timeout: float = 60.0) -> dict:
+        """The job's summary once ``condition(summary)`` holds (polled)."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.http.get(f"api/jobs/{job_id}").json()
-            if job["status"] in statuses:
+            if condition(job):
                 return job
             if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
+                raise AssertionError(f"job {job_id} still {job['status']} (iteration {job['iteration']}) "
+                                     f"after {timeout} s")
             time.sleep(0.05)
 
     def stop(self) -> None:

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -85,10 +84,7 @@ def test_a_job_runs_on_a_ray_actor_and_streams_each_iteration(server, models_dir
 
 def test_cancel_stops_a_ray_job_which_resume_continues(server):
     job_id = server.submit(LONG).json()["id"]
-    deadline = time.monotonic() + 60
-    while not server.http.get(f"api/jobs/{job_id}").json()["snapshots"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    server.wait_for(job_id, lambda job: job["snapshots"])
     server.http.post(f"api/jobs/{job_id}/cancel")
     job = server.wait(job_id, ("cancelled",), timeout=20)
     done = job["iteration"]
@@ -97,11 +93,7 @@ def test_cancel_stops_a_ray_job_which_resume_continues(server):
     assert json.loads((folder / "result.json").read_text())["status"] == "cancelled"
 
     server.http.post(f"api/jobs/{job_id}/resume")
-    server.wait(job_id, ("running",))
-    deadline = time.monotonic() + 60
-    while server.http.get(f"api/jobs/{job_id}").json()["iteration"] <= done:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    server.wait_for(job_id, lambda job: job["status"] == "running" and job["iteration"] > done)
     server.http.post(f"api/jobs/{job_id}/cancel")
     server.wait(job_id, ("cancelled",), timeout=20)
     started = [e["data"] for e in server.board.get(job_id).events if e["event"] == "started"]
