@@ -157,3 +157,17 @@ def test_a_job_no_node_can_hold_is_refused(cluster, jobs_path, engine_options, t
                                       "--models-dir", str(engine_options["models_dir"]), "--provider", "cpu"])
     assert result.exit_code != 0 and "too few for one job" in result.stderr
     assert not out.exists()
+
+
+def test_an_unreachable_cluster_is_one_config_error(monkeypatch):
+    from engine.batch.ray_runner import join_cluster
+
+    def unreachable(**kwargs):
+        raise ConnectionError("could not connect to GCS at 10.0.0.9:6379")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", unreachable)
+    with pytest.raises(ConfigError) as caught:
+        join_cluster("10.0.0.9:6379")
+    message = str(caught.value)
+    assert "cannot join the Ray cluster at '10.0.0.9:6379'" in message and "\n" not in message

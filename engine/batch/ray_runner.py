@@ -40,6 +40,19 @@ def import_ray():
     return ray
 
 
+def join_cluster(address: str | None):
+    """The ``ray`` module, joined to the cluster at ``address`` (None: a new local one) unless this
+    process already has one; a ConfigError line when the cluster cannot be reached."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except Exception as exc:  # Ray raises ConnectionError, ValueError, RuntimeError ... by cause
+            raise ConfigError(f"cannot join the Ray cluster at {address!r}: {exc}; check the address "
+                              "(auto, host:6379 or ray://host:10001)") from None
+    return ray
+
+
 class RayRunner:
     """Runs a batch's jobs on Ray actors, each holding one ``Engine`` built from ``engine_options``.
 
@@ -72,8 +85,7 @@ class RayRunner:
     def connect(self) -> int:
         """Join (or start) the cluster; how many workers its resources hold (a ConfigError when none:
         also when --workers is given, as an actor that fits nowhere would wait forever)."""
-        if not self.ray.is_initialized():
-            self.ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+        join_cluster(self.address)
         return self._fitting()
 
     def run(self, work: list[Work], reporter: Reporter, cancel) -> None:

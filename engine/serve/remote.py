@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..batch.ray_runner import import_ray, repath_record
+from ..batch.ray_runner import import_ray, join_cluster, repath_record
 from ..config import TransferConfig
 from ..errors import ConfigError, EngineError, RunError
 from ..io.files import atomic_write_bytes
@@ -38,13 +38,7 @@ LOCAL = "local"
 def connect(address: str, threads: int | None, workers: int | None) -> int:
     """Join (or, for ``local``, start) the Ray cluster; how many jobs may run at once on it:
     ``workers``, else as many as its CPUs hold at ``threads`` (default 1) CPUs per job."""
-    ray = import_ray()
-    if not ray.is_initialized():
-        try:
-            ray.init(address=None if address == LOCAL else address, include_dashboard=False, log_to_driver=False)
-        except Exception as exc:  # Ray raises ConnectionError, ValueError, RuntimeError ... by cause
-            raise ConfigError(f"cannot join the Ray cluster at {address!r}: {exc}; check the address "
-                              "(auto, host:6379 or ray://host:10001) or use --ray local") from None
+    ray = join_cluster(None if address == LOCAL else address)
     cpus = ray.cluster_resources().get("CPU", 0)
     per_job = threads or 1
     fits = int(cpus // per_job)
