@@ -245,6 +245,7 @@ def test_loss_graph_has_the_documented_inputs_and_outputs(synthetic_features, po
     assert len(inputs) == len(expected)
     outputs = {o.name: o for o in model.graph.output}
     assert set(outputs) == {lossgrad.LOSS, lossgrad.CONTENT, lossgrad.TV, lossgrad.GRAD,
+                            lossgrad.features_output(choice.content_layer),
                             *(lossgrad.style_output(layer) for layer in choice.style_layers)}
     by_name = {i.name: i for i in model.graph.input}
     image_dims = [d.dim_value or d.dim_param for d in by_name["image"].type.tensor_type.shape.dim]

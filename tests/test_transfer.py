@@ -103,6 +103,52 @@ def test_problem_loss_and_grad_match_float64_reference(models_dir, vgg16_layers)
     np.testing.assert_allclose(flat_grad, grad.ravel(), rtol=1e-5, atol=1e-6 * np.abs(grad).max())
 
 
+@pytest.fixture
+def opened_sessions(monkeypatch) -> list[str]:
+    """The graph file of every session the engine opens, as it opens it."""
+    real, opened = run_engine.create_session, []
+    monkeypatch.setattr(run_engine, "create_session", lambda source, *args, **kwargs:
+                        opened.append(str(source)) or real(source, *args, **kwargs))
+    return opened
+
+
+@pytest.mark.parametrize("first", ["at the content", "elsewhere"])
+def test_a_problem_from_the_content_takes_the_content_target_from_its_first_evaluation_there(
+        models_dir, vgg16_layers, opened_sessions, first):
+    # From the content, the features the first evaluation computes there are the content
+    # target: the content graph never runs. First evaluated elsewhere (a resumed run, a later
+    # scale, a caller's own x), the content graph computes it. Either way every evaluation
+    # equals the float64 reference, whose target comes from the content image.
+    cfg = tiny_config(init="content")
+    problem = StyleTransfer(cfg, models_dir=models_dir, provider="cpu", threads=2).prepare(CONTENT, STYLE)
+    x0 = problem.initial_image()
+    moved = x0 + np.random.default_rng(0).normal(0, 8, x0.shape)
+    content_target, grams = ref.targets(vgg16_layers, problem.content[0], problem.styles[0][0],
+                                        cfg.content_layer, cfg.style_layers)
+    content_terms = []
+    for x in ([x0, moved] if first == "at the content" else [moved, x0]):
+        loss, grad = problem.loss_and_grad(x)
+        terms, expected_grad = ref.loss_and_grad(vgg16_layers, x[0], content_target, grams, cfg.content_weight,
+                                                 cfg.style_weights, cfg.tv_weight, cfg.content_layer,
+                                                 cfg.style_layers)
+        assert loss == pytest.approx(terms["loss"], rel=LOSS_RTOL)
+        assert ref.relative_l2(grad[0], expected_grad) <= GRAD_REL_L2
+        assert problem.terms(x)["content"] == pytest.approx(terms["content"], rel=LOSS_RTOL, abs=1e-3)
+        content_terms.append(terms["content"])
+    assert max(content_terms) > 1.0   # the moved point is far enough from the content to test that term
+    ran_content_graph = any(path.endswith("-content.onnx") for path in opened_sessions)
+    assert ran_content_graph == (first == "elsewhere")
+
+
+def test_a_run_from_the_content_never_runs_the_content_graph(tmp_path, models_dir, opened_sessions):
+    # L-BFGS-B's first evaluation is at the start image itself, so the content target comes from it.
+    for mode in ("continuous", "seed"):
+        engine_for(models_dir, init="content", optimizer_mode=mode, iterations=2).run(
+            CONTENT, STYLE, tmp_path / f"{mode}.png")
+    assert sorted(path.rsplit("-", 1)[-1] for path in opened_sessions) == ["loss.onnx", "loss.onnx", "style.onnx",
+                                                                           "style.onnx"]
+
+
 def test_problem_terms_reuse_an_evaluated_point_and_run_once_for_a_new_one(models_dir, ort_runs):
     problem = engine_for(models_dir).prepare(CONTENT, STYLE)
     x = problem.initial_image()

@@ -11,7 +11,9 @@ Both share the forward steps up to the deepest chosen layer (with the chosen poo
   (1,C,h,w); per style layer L a ``gram_target.L`` (C,C) and a scalar
   ``style_weight.L``; scalars ``content_weight`` and ``tv_weight``. Outputs
   ``loss``, ``content``, ``style.L`` per layer, ``tv`` (all weighted, as the seed
-  adds them) and ``grad`` = dloss/dimage (1,3,H,W).
+  adds them), ``grad`` = dloss/dimage (1,3,H,W) and ``features.<content layer>``, the
+  image's features there (at the content image they are the content target, so a run
+  that starts from the content takes its target from its first evaluation).
 
 With average pooling each pool's output is multiplied by a scalar input
 ``pool_scale.<pool>`` (see :func:`engine.transfer` for how it is chosen), in both graphs.
@@ -37,6 +39,7 @@ from onnx import helper
 from ..errors import GraphCacheError
 from ..models import vgg
 from ..models.export import INPUT_NAME, model_metadata, read_feature_model, write_model
+from ..models.integrity import verified_metadata
 from ..models.store import cache_dir
 from .builder import GraphBuilder
 from .ops import RULES, Step
@@ -44,7 +47,7 @@ from .terms import content_term, gram, guided_style_term, halve_mask, style_term
 from .winograd import transformed_weights
 
 # Part of the cache key: bump it whenever the graphs this module builds change.
-GRAPH_VERSION = "3"
+GRAPH_VERSION = "4"
 
 CONTENT_TARGET, CONTENT_WEIGHT, TV_WEIGHT = "content_target", "content_weight", "tv_weight"
 LOSS, CONTENT, TV, GRAD = "loss", "content", "tv", "grad"
@@ -139,9 +142,13 @@ def winograd_weights(kernel: str) -> str:
     return f"{kernel}/winograd"
 
 
-def pools(steps: list[Step]) -> list[str]:
-    """The pool scale inputs these steps take (empty with max pooling)."""
-    return [step.params[0] for step in steps if step.op_type == "Mul"]
+def pools(arch: str, choice: LayerChoice, deepest: str | None = None) -> list[str]:
+    """The pool scale inputs of the steps forward to ``deepest`` (default: the deepest chosen
+    layer): with average pooling, one per pool before it; none with max pooling."""
+    if choice.pooling != "avg":
+        return []
+    block = vgg.conv_layer(arch, deepest or choice.deepest(arch)).block
+    return [pool_scale(f"block{n}_pool") for n in range(1, block)]
 
 
 def _forward(feature_model: onnx.ModelProto, choice: LayerChoice, deepest: str | None = None,
@@ -149,7 +156,7 @@ def _forward(feature_model: onnx.ModelProto, choice: LayerChoice, deepest: str |
     b = GraphBuilder()
     b.input(INPUT_NAME, [1, 3, "height", "width"])
     steps = forward_steps(feature_model, choice, deepest, winograd)
-    for scale in pools(steps):
+    for scale in pools(model_metadata(feature_model)["architecture"], choice, deepest):
         b.input(scale, [])
     weights = {t.name: t for t in feature_model.graph.initializer}
     for step in steps:
@@ -257,6 +264,8 @@ def build_loss_graph(feature_model: onnx.ModelProto, choice: LayerChoice) -> onn
     b.output(CONTENT, content, [])
     b.output(TV, tv, [])
     b.output(GRAD, b.op("Add", grads[INPUT_NAME], tv_grad), [1, 3, "height", "width"])
+    b.output(features_output(choice.content_layer), choice.content_layer,
+             [1, _channels(feature_model, choice.content_layer), "content_height", "content_width"])
     return _finish(b, feature_model, choice, "loss")
 
 
@@ -278,14 +287,15 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
     a graph removes the folder's graphs of other GRAPH_VERSIONs (40 MB or more each),
     which no version of the engine after them reads.
     """
-    feature_model = read_feature_model(model_path)
-    meta = model_metadata(feature_model)
+    meta = verified_metadata(model_path)  # the model unchanged since verified: read only to build a graph
+    feature_model = None if meta else read_feature_model(model_path)
+    meta = meta or model_metadata(feature_model)
     key = json.dumps([GRAPH_VERSION, meta["weights_sha256"], choice.content_layer,
                       list(choice.style_layers), choice.pooling] + ([_variant(choice)] if _variant(choice) else []))
     stem = f"{meta['architecture']}-g{GRAPH_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     builders = {"content": build_content_graph, "style": build_style_graph, "loss": build_loss_graph}
     names = {kind: f"{stem}-{kind}.onnx" for kind in builders}
-    if choice.winograd:  # the targets graphs are the same with or without
+    if choice.winograd:  # the targets graphs stay direct: run once, Winograd gains them nothing (README)
         tiles = "".join(f"{block}{m}" for block, m in WINOGRAD_TILES.items())
         names["loss"] = f"{stem}-winograd{tiles}-loss.onnx"
     folders = [model_path.parent / "graphs", cache_dir() / "graphs"]
@@ -295,6 +305,8 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
         if found:
             paths[kind] = found[0]
             continue
+        if feature_model is None:
+            feature_model = read_feature_model(model_path)
         model = builders[kind](feature_model, choice)
         folder = next((f for f in folders if _writable(f)), None)
         if folder is None:
@@ -303,8 +315,7 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
                 "set XDG_CACHE_HOME to a writable folder, or copy the model into one and give it with --models-dir")
         paths[kind] = write_model(model, folder / name)
         _remove_other_versions(folder)
-    return Graphs(paths["content"], paths["style"], paths["loss"],
-                  tuple(pools(forward_steps(feature_model, choice))), meta)
+    return Graphs(paths["content"], paths["style"], paths["loss"], tuple(pools(meta["architecture"], choice)), meta)
 
 
 # "-targets.onnx": the single targets graph of GRAPH_VERSION 2 and before.

@@ -3,7 +3,8 @@
 The layers check is cheap and runs on every read. The checksum (sha256 of every conv
 weight, ~60 MB for VGG16) is computed the first time a file is used; the verdict is
 kept in a small JSON file in the user cache, keyed by the model's path, size and
-modification time, so it costs once per file version.
+modification time, so it costs once per file version. The verdict keeps the model's
+metadata too: while the file is unchanged, finding its cached graphs needs no read of it.
 """
 from __future__ import annotations
 
@@ -52,22 +53,31 @@ def graph_weights_sha256(model: onnx.ModelProto, arch: str) -> str:
 
 def verify_weights(path: Path, model: onnx.ModelProto, meta: dict[str, str]) -> None:
     """ModelFileError when the weights differ from the checksum in the metadata (cached verdict)."""
+    if verified_metadata(path) == meta:
+        return
+    if graph_weights_sha256(model, meta["architecture"]) != meta["weights_sha256"]:
+        raise ModelFileError(f"{path}: its weights changed since export (their checksum differs from the one "
+                             f"recorded in the model): {_REDO}")
     key, stamp = _key(path)
-    verdicts = _read_verdicts()
-    if verdicts.get(key) != stamp:
-        if graph_weights_sha256(model, meta["architecture"]) != meta["weights_sha256"]:
-            raise ModelFileError(f"{path}: its weights changed since export (their checksum differs from the one "
-                                 f"recorded in the model): {_REDO}")
-        # Forget files that are gone (test folders, old checkouts) so the file stays small.
-        verdicts = {path: seen for path, seen in verdicts.items() if Path(path).exists()}
-        verdicts[key] = stamp
-        _write_verdicts(verdicts)
+    # Forget files that are gone (test folders, old checkouts) so the file stays small.
+    verdicts = {path: seen for path, seen in _read_verdicts().items() if Path(path).exists()}
+    verdicts[key] = {"stamp": stamp, "metadata": meta}
+    _write_verdicts(verdicts)
+
+
+def verified_metadata(path: Path) -> dict[str, str] | None:
+    """The metadata of ``path`` when, as it is now (same size and modification time), its
+    layers and weights were verified; else None."""
+    key, stamp = _key(path)
+    verdict = _read_verdicts().get(key)
+    if isinstance(verdict, dict) and verdict.get("stamp") == stamp and isinstance(verdict.get("metadata"), dict):
+        return verdict["metadata"]
+    return None
 
 
 def verified(path: Path) -> bool:
     """Whether ``path``, as it is now, has a cached verdict of matching weights."""
-    key, stamp = _key(path)
-    return _read_verdicts().get(key) == stamp
+    return verified_metadata(path) is not None
 
 
 def _key(path: Path) -> tuple[str, list]:

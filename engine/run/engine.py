@@ -8,6 +8,7 @@ session and builds no graph.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import threading
@@ -162,15 +163,24 @@ class Engine:
         masks = regions.load_masks(cfg, (width, height), [(x.shape[3], x.shape[2]) for x in styles_x]) \
             if cfg.content_masks else None
         self.graphs(cfg)  # found (or built) here, not by both threads at once
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            # ONNX Runtime lets go of the GIL while it opens a session: the loss session starts
-            # while the targets are computed (0.1-0.4 s sooner ready at 512 px on 2 cores).
+        # From the content, the first evaluation gives the content target (see Problem).
+        from_content = cfg.init == Init.CONTENT.value
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            # ONNX Runtime lets go of the GIL while it opens a session and while it runs: the loss
+            # session opens (0.1-0.4 s sooner ready at 512 px on 2 cores), and the optimiser's
+            # scipy.optimize is imported (see optimize.fmin_l_bfgs_b), while the targets are computed.
             loss_session = pool.submit(self._session, "loss", cfg)
-            content_features, grams, scales = self._targets(cfg, content_x, styles_x, masks)
+            pool.submit(importlib.import_module, "scipy.optimize")
+            scales = self._pool_scales(cfg, content_x)
+            content_target = lambda: self._content_target(cfg, content_x, scales)
+            content_features = None if from_content else content_target()
+            grams = self._style_targets(cfg, content_x, styles_x, scales, masks)
             session = loss_session.result()
 
+        at = vgg.conv_layer(cfg.convnet, cfg.content_layer)
         constants = {
-            lossgrad.CONTENT_TARGET: content_features,
+            lossgrad.CONTENT_TARGET: content_features if content_features is not None else
+            np.zeros((1, at.out_channels, height // at.downsampling, width // at.downsampling), np.float32),
             lossgrad.CONTENT_WEIGHT: np.array(cfg.content_weight, np.float32),
             lossgrad.TV_WEIGHT: np.array(cfg.tv_weight, np.float32),
             **scales,
@@ -191,7 +201,8 @@ class Engine:
                 weight / len(cfg.style_layers) / (4.0 * positions ** 2), np.float32)
         evaluator = LossGradEvaluator(session, constants, content_x.shape)
         release_freed_memory()
-        problem = Problem(cfg, evaluator, content_x, styles_x, output_size, colour_source)
+        problem = Problem(cfg, evaluator, content_x, styles_x, output_size, colour_source,
+                          content_target if content_features is None else None)
         problem.runtime = {"provider": problem.provider, "threads": self.threads, "winograd": self.winograd}
         if problem.provider == CUDA:
             problem.runtime.update(tf32=self.tf32, cuda_graph=self.cuda_graph)
@@ -199,15 +210,16 @@ class Engine:
             problem.runtime["pool_scales"] = {k: float(v) for k, v in scales.items()}
         return problem
 
-    def _targets(self, cfg: TransferConfig, content_x: np.ndarray, styles_x: list[np.ndarray],
-                 masks: regions.Masks | None = None):
-        """The content layer's features, the blended Gram targets (with ``masks``: each region's
-        RegionTargets), the pool scales. Each image runs only the graph of what it is needed for
-        (the content: forward to the content layer; a style: to the deepest style layer, and the Grams)."""
+    def _content_target(self, cfg: TransferConfig, content_x: np.ndarray, scales: dict[str, np.ndarray]) -> np.ndarray:
+        """The content layer's features of the content image (its graph runs forward to that layer only)."""
+        return _run_targets(self._session("content", cfg), [lossgrad.features_output(cfg.content_layer)],
+                            content_x, scales)[0]
+
+    def _style_targets(self, cfg: TransferConfig, content_x: np.ndarray, styles_x: list[np.ndarray],
+                       scales: dict[str, np.ndarray], masks: regions.Masks | None = None):
+        """The blended Gram targets (with ``masks``: each region's RegionTargets); each style's
+        graph runs forward to the deepest style layer only."""
         height, width = content_x.shape[2:]
-        scales = self._pool_scales(cfg, content_x)
-        content_features = _run_targets(self._session("content", cfg), [lossgrad.features_output(cfg.content_layer)],
-                                        content_x, scales)[0]
         if masks:
             style = self._session("style", cfg)
 
@@ -216,7 +228,7 @@ class Engine:
                                        {**scales, lossgrad.STYLE_MASK: mask})
                 return dict(zip(cfg.style_layers, outputs))
             downsampling = {l: vgg.conv_layer(cfg.convnet, l).downsampling for l in cfg.style_layers}
-            return content_features, regions.region_targets(masks, styles_x, masked_grams, downsampling), scales
+            return regions.region_targets(masks, styles_x, masked_grams, downsampling)
         blend = np.asarray(cfg.style_blend or [1.0] * len(styles_x), np.float64)
         blend = blend / blend.sum()
         grams = {layer: 0.0 for layer in cfg.style_layers}
@@ -227,7 +239,7 @@ class Engine:
             positions = (width * height) / (x.shape[2] * x.shape[3])
             for layer, g in zip(cfg.style_layers, outputs):
                 grams[layer] = grams[layer] + weight * positions * g.astype(np.float64)
-        return content_features, grams, scales
+        return grams
 
     def _pool_scales(self, cfg: TransferConfig, content_x: np.ndarray) -> dict[str, np.ndarray]:
         """With average pooling, each pool's output times mean(maxpool(a)) / mean(a) on the

@@ -13,7 +13,6 @@ import time
 from typing import Callable, Protocol
 
 import numpy as np
-from scipy.optimize import fmin_l_bfgs_b
 from threadpoolctl import threadpool_limits
 
 from ..config import OptimizerMode
@@ -24,6 +23,14 @@ OnIteration = Callable[[int, np.ndarray, int, float], None]
 
 class Cancelled(Exception):
     """Raised out of L-BFGS-B before an evaluation once the run's cancel flag is set."""
+
+
+def fmin_l_bfgs_b(*args, **kwargs):
+    """scipy's ``fmin_l_bfgs_b``, imported at its first call, not with this module: importing
+    scipy.optimize takes ~0.4 s, which ``Engine.prepare`` spends beside the targets instead."""
+    from scipy.optimize import fmin_l_bfgs_b as lbfgsb
+
+    return lbfgsb(*args, **kwargs)
 
 
 def loss_scale(first_loss: float) -> float:

@@ -1,6 +1,8 @@
 """One content/style pair at one size, bound to a loss-gradient evaluator."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from PIL import Image
 
@@ -21,12 +23,20 @@ class Problem:
     (an (H, W, 3) or (1, H, W, 3) image included) is a RunError; a loss or gradient
     that is not finite is a NonFiniteError (``last_finite``: the last x whose were finite).
     A Problem belongs to one run: it holds that run's buffers, so one thread at a time.
+
+    ``content_target``: None when the evaluator holds the content target; else what computes
+    it. Then the first evaluation, when it is at the content image itself, takes the target
+    from the features it computes there (its content term and that term's gradient are zero
+    at the content image, so it runs with content weight 0): a run that starts from the
+    content never runs the content image through the network a second time.
     """
 
     def __init__(self, config: TransferConfig, evaluator: LossGradEvaluator, content: np.ndarray,
-                 styles: list[np.ndarray], output_size: tuple[int, int], colour_source: Image.Image | None):
+                 styles: list[np.ndarray], output_size: tuple[int, int], colour_source: Image.Image | None,
+                 content_target: Callable[[], np.ndarray] | None = None):
         self.config = config
         self.evaluator = evaluator
+        self._content_target = content_target
         self.content = content
         self.styles = styles
         self.shape = content.shape
@@ -43,7 +53,7 @@ class Problem:
 
     def loss_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         self._check_shape(x)
-        terms, grad = self.evaluator(x)
+        terms, grad = self._evaluate(x)
         self.evaluations += 1
         x = np.array(x, copy=True)
         loss = terms[lossgrad.LOSS]
@@ -71,8 +81,26 @@ class Problem:
         for seen, terms in reversed(self._recent):
             if np.array_equal(seen, x):
                 return _summary(terms)
-        terms, _ = self.evaluator(x)
+        terms, _ = self._evaluate(x)
         return _summary(terms)
+
+    def _evaluate(self, x: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+        if self._content_target is None:
+            return self.evaluator(x)
+        if not np.array_equal(np.reshape(x, self.shape), self.content):
+            self.evaluator.set_input(lossgrad.CONTENT_TARGET, self._content_target())
+            self._content_target = None
+            return self.evaluator(x)
+        weight = self.evaluator.input(lossgrad.CONTENT_WEIGHT)
+        self.evaluator.set_input(lossgrad.CONTENT_WEIGHT, np.zeros_like(weight))
+        try:
+            terms, grad = self.evaluator(x)
+            self.evaluator.set_input(lossgrad.CONTENT_TARGET,
+                                     self.evaluator.output(lossgrad.features_output(self.config.content_layer)))
+            self._content_target = None
+        finally:
+            self.evaluator.set_input(lossgrad.CONTENT_WEIGHT, weight)
+        return terms, grad
 
     def initial_image(self) -> np.ndarray:
         """The start image of ``config.init``: the seed's uniform(0, 255) - 128 noise (from

@@ -24,7 +24,7 @@ import scipy
 from ..config import Provider
 from ..errors import ModelFileError, ProviderError
 from ..models.export import INPUT_NAME
-from ..graph.lossgrad import GRAD
+from ..graph.lossgrad import CONTENT_TARGET, GRAD
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 # ONNX Runtime's log: errors only. Its warnings (unused initializers, nodes placed on the CPU,
@@ -162,10 +162,14 @@ class LossGradEvaluator:
         self._inputs = {name: ort.OrtValue.ortvalue_from_numpy(value, device) for name, value in inputs.items()}
         for name, value in self._inputs.items():
             self._binding.bind_ortvalue_input(name, value)
-        self._outputs = {o.name: ort.OrtValue.ortvalue_from_shape_and_type(
-            list(shape) if o.name == GRAD else [], np.float32, device) for o in session.get_outputs()}
+        # The image-sized gradient, the content layer's features (the content target's shape), scalars.
+        shapes = {o.name: list(shape) if o.name == GRAD else list(inputs[CONTENT_TARGET].shape)
+                  for o in session.get_outputs() if len(o.shape) == 4}
+        self._outputs = {o.name: ort.OrtValue.ortvalue_from_shape_and_type(shapes.get(o.name, []), np.float32, device)
+                         for o in session.get_outputs()}
         for name, value in self._outputs.items():
             self._binding.bind_ortvalue_output(name, value)
+        self._scalars = [name for name in self._outputs if name not in shapes]
         self._on_cpu = device == "cpu"
 
     def __call__(self, image: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
@@ -175,8 +179,21 @@ class LossGradEvaluator:
         else:
             self._inputs[INPUT_NAME].update_inplace(np.asarray(image, np.float32).reshape(self.shape))
         self.session.run_with_iobinding(self._binding)
-        scalars = {name: float(value.numpy()) for name, value in self._outputs.items() if name != GRAD}
+        scalars = {name: float(self._outputs[name].numpy()) for name in self._scalars}
         return scalars, self._outputs[GRAD].numpy()
+
+    def input(self, name: str) -> np.ndarray:
+        """A copy of the constant bound to input ``name``."""
+        return np.array(self._inputs[name].numpy())
+
+    def set_input(self, name: str, value: np.ndarray) -> None:
+        """Replace the constant bound to input ``name`` (same shape; written in place, so a
+        captured CUDA graph sees it)."""
+        self._inputs[name].update_inplace(np.ascontiguousarray(value, np.float32))
+
+    def output(self, name: str) -> np.ndarray:
+        """A copy of output ``name`` of the last evaluation."""
+        return np.array(self._outputs[name].numpy())
 
 
 def probe_provider(provider: Provider | str = Provider.AUTO) -> str:
