@@ -133,7 +133,10 @@ def test_a_problem_from_the_content_takes_the_content_target_from_its_first_eval
                                                  cfg.style_layers)
         assert loss == pytest.approx(terms["loss"], rel=LOSS_RTOL)
         assert ref.relative_l2(grad[0], expected_grad) <= GRAD_REL_L2
-        assert problem.terms(x)["content"] == pytest.approx(terms["content"], rel=LOSS_RTOL, abs=1e-3)
+        # At the content, a target from the (direct) content graph leaves float32 rounding of the
+        # (Winograd) loss graph's features: a content term far below the loss's tolerance, not 0.
+        assert problem.terms(x)["content"] == pytest.approx(terms["content"], rel=LOSS_RTOL,
+                                                            abs=LOSS_RTOL * terms["loss"])
         content_terms.append(terms["content"])
     assert max(content_terms) > 1.0   # the moved point is far enough from the content to test that term
     ran_content_graph = any(path.endswith("-content.onnx") for path in opened_sessions)

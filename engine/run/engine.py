@@ -139,7 +139,8 @@ class Engine:
     # -- one problem ------------------------------------------------------------------------
 
     def prepare(self, config: TransferConfig, content: ImageSource, style: Styles, size: int | None = None) -> Problem:
-        """Load and resize the images, compute the targets, bind a loss-gradient evaluator.
+        """Load and resize the images, compute the targets, bind a loss-gradient evaluator
+        (with ``init="content"`` the content target comes from the first evaluation: see Problem).
 
         ``style``: one image or several (blended by ``config.style_blend``); ``size``
         overrides ``config.size`` (the longest edge; None keeps the content's size).

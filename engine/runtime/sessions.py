@@ -189,7 +189,7 @@ class LossGradEvaluator:
     def set_input(self, name: str, value: np.ndarray) -> None:
         """Replace the constant bound to input ``name`` (same shape; written in place, so a
         captured CUDA graph sees it)."""
-        self._inputs[name].update_inplace(np.ascontiguousarray(value, np.float32))
+        self._inputs[name].update_inplace(np.asarray(value, np.float32, order="C"))
 
     def output(self, name: str) -> np.ndarray:
         """A copy of output ``name`` of the last evaluation."""

@@ -1,0 +1,85 @@
+"""Command to first evaluation: what `nst stylize CONTENT STYLE -o OUT` (no tuning flags, 512 px)
+does before its first evaluation, timed from a fresh process's start.
+
+Each repeat is a new Python process that imports the CLI (``engine.cli``, as the command
+does), builds the engine and problem the command builds (``TransferConfig(size=512)``, all
+cores) and runs the first evaluation at the start image. Reported, from the process's start:
+the imports done, the problem ready (graphs found, sessions open, targets computed: the
+first evaluation starts), and the first evaluation done; medians of the repeats, with the CPU
+share other processes took. ``--checkout`` times another checkout of the engine (its
+``engine`` package and ``exported_models``) with the same child, for a before/after.
+
+    python -m benchmarks.startup --repeats 5 --out benchmarks/results/<date>-startup
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .harness import CpuMonitor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Run by ``python -c`` in the checkout timed, with the process's start time as argv[1].
+CHILD = """
+import json, sys, time
+spawned = float(sys.argv[1])
+import engine.cli
+from engine import StyleTransfer, TransferConfig
+imported = time.time()
+problem = StyleTransfer(TransferConfig(size=int(sys.argv[4]))).prepare(sys.argv[2], sys.argv[3])
+ready = time.time()
+problem.loss_and_grad(problem.initial_image())
+done = time.time()
+print(json.dumps({"imports_s": imported - spawned, "ready_s": ready - spawned, "first_eval_done_s": done - spawned,
+                  "size": [problem.shape[3], problem.shape[2]], "init": problem.config.init}))
+"""
+
+
+def measure(checkout: Path, content: Path, style: Path, size: int) -> dict:
+    with CpuMonitor() as monitor:
+        done = subprocess.run([sys.executable, "-c", CHILD, repr(time.time()), str(content), str(style), str(size)],
+                              cwd=checkout, env={**os.environ, "PYTHONPATH": str(checkout)},
+                              capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the child failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "other_cpu_share": monitor.result["other_cpu_share"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--content", type=Path, default=ROOT / "examples" / "content.jpg")
+    parser.add_argument("--style", type=Path, default=ROOT / "examples" / "style.jpg")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--checkout", type=Path, default=ROOT, help="the engine checkout to time (default: this one)")
+    parser.add_argument("--out", type=Path, required=True, help="path stem of the .json and .md written")
+    args = parser.parse_args()
+    checkout = args.checkout.resolve()
+    measure(checkout, args.content.resolve(), args.style.resolve(), args.size)  # graphs built, model verified
+    runs = [measure(checkout, args.content.resolve(), args.style.resolve(), args.size) for _ in range(args.repeats)]
+    commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    medians = {key: statistics.median(r[key] for r in runs) for key in ("imports_s", "ready_s", "first_eval_done_s",
+                                                                       "other_cpu_share")}
+    result = {"checkout_commit": commit, "content": str(args.content), "style": str(args.style), "size": args.size,
+              "cpus": os.cpu_count(), "repeats": args.repeats, "medians": medians, "runs": runs}
+    Path(f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
+    width, height = runs[0]["size"]
+    Path(f"{args.out}.md").write_text(
+        f"`nst stylize` with no tuning flags (init {runs[0]['init']}), {width}x{height} px, engine at {commit}, "
+        f"{os.cpu_count()} CPUs; seconds from a fresh process's start, median of {args.repeats}:\n\n"
+        "| imports done | ready (first evaluation starts) | first evaluation done | others' CPU |\n|---|---|---|---|\n"
+        f"| {medians['imports_s']:.2f} | {medians['ready_s']:.2f} | {medians['first_eval_done_s']:.2f} "
+        f"| {medians['other_cpu_share']:.0%} |\n")
+    print(Path(f"{args.out}.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
