@@ -71,6 +71,13 @@ def test_the_weights_checksum_is_computed_once_per_file_version(vgg16_onnx, tmp_
     model.touch()  # a new modification time: verified again
     read_feature_model(model)
     assert len(calls) == 2
+    # A verdict without the metadata the graphs' key needs (an older engine's, an edited cache): verified again.
+    verdicts = json.loads(integrity.verdicts_path().read_text())
+    verdicts[str(model.resolve())]["metadata"] = {}
+    integrity.verdicts_path().write_text(json.dumps(verdicts))
+    assert not integrity.verified(model)
+    read_feature_model(model)
+    assert len(calls) == 3 and integrity.verified(model)
 
 
 @pytest.fixture(scope="module")

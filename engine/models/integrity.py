@@ -70,9 +70,9 @@ def verified_metadata(path: Path) -> dict[str, str] | None:
     layers and weights were verified; else None."""
     key, stamp = _key(path)
     verdict = _read_verdicts().get(key)
-    if isinstance(verdict, dict) and verdict.get("stamp") == stamp and isinstance(verdict.get("metadata"), dict):
-        return verdict["metadata"]
-    return None
+    meta = verdict.get("metadata") if isinstance(verdict, dict) and verdict.get("stamp") == stamp else None
+    # A verdict from an older engine, or an edited cache, lacks what the graphs' key needs: verify again.
+    return meta if isinstance(meta, dict) and {"architecture", "weights_sha256"} <= meta.keys() else None
 
 
 def verified(path: Path) -> bool:
