@@ -115,7 +115,9 @@ def test_a_rerun_skips_finished_jobs_and_runs_changed_or_missing_ones(inputs, tm
 
 
 def test_a_cancelled_or_interrupted_batch_resumes_where_it_stopped(inputs, tmp_path, models_dir):
-    jobs_path = _jobs_file(inputs, ["cat.png,starry.png,a.png,32,3,3,0,,,", "grey.png,starry.png,b.png,32,3,3,0,,,",
+    # b's content is not the flat grey: from a flat image (max-pooling ties everywhere) L-BFGS-B
+    # can stop in its first iteration, and a run with nothing left to do finishes, not cancels.
+    jobs_path = _jobs_file(inputs, ["cat.png,starry.png,a.png,32,3,3,0,,,", "starry.png,cat.png,b.png,32,3,3,0,,,",
                                     "cat.png,grey.png,c.png,32,3,3,0,,,"])
     out = tmp_path / "out"
     cancel = threading.Event()

@@ -6,18 +6,19 @@ import pytest
 
 from engine.config import Init, OptimizerMode, Pooling, Provider, TransferConfig
 from engine.errors import ConfigError
+from engine.presets import PRESETS
 
 SEED_STYLE_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
 
 
-def test_defaults_are_the_seeds_style_transfer_defaults():
+def test_defaults_are_the_seeds_style_transfer_defaults_with_its_starry_night_weights():
     config = TransferConfig()
     assert config.convnet == "vgg16"
     assert config.content_layer == "block4_conv2"
     assert config.style_layers == SEED_STYLE_LAYERS
-    assert config.content_weight == 3e-2
-    assert config.style_weights == (20000.0, 500.0, 12.0, 1.0, 1.0)
-    assert config.tv_weight == 5e-2
+    starry = PRESETS["starry_tubingen"]
+    assert (config.content_weight, config.style_weights, config.tv_weight) == (
+        starry["content_weight"], starry["style_weights"], starry["tv_weight"]) == (100, (1000, 100, 12, 1, 1), 200)
     assert config.iterations == 50
     assert config.maxfun == 20
     assert config.seed == 0
@@ -113,7 +114,7 @@ def test_to_dict_is_json_ready_and_rebuilds_the_config():
     data = config.to_dict()
     assert data["pooling"] == "avg"
     assert data["style_layers"] == list(SEED_STYLE_LAYERS)
-    assert data["style_weights"] == [20000.0, 500.0, 12.0, 1.0, 1.0]
+    assert data["style_weights"] == [1000.0, 100.0, 12.0, 1.0, 1.0]
     assert json.loads(json.dumps(data)) == data
     assert TransferConfig(**data) == config
 

@@ -140,11 +140,10 @@ def test_a_resume_that_does_not_match_is_refused_before_any_work(eng, stopped, m
 
 
 def test_cli_resume_after_ctrl_c_ends_at_the_same_iteration_count(tmp_path, models_dir, monkeypatch):
-    real, calls = run_engine.Problem.loss_and_grad, {"n": 0}
+    real = run_engine.Problem.loss_and_grad
 
     def interrupted_in_the_second_iteration(self, x):
-        calls["n"] += 1
-        if calls["n"] == 6:
+        if (tmp_path / "cat_checkpoint.npz").exists():   # written when the first iteration ended
             raise KeyboardInterrupt
         return real(self, x)
 
@@ -154,11 +153,14 @@ def test_cli_resume_after_ctrl_c_ends_at_the_same_iteration_count(tmp_path, mode
         mp.setattr(run_engine.Problem, "loss_and_grad", interrupted_in_the_second_iteration)
         stopped = CliRunner().invoke(app, args)
     assert stopped.exit_code == 130 and "--resume continues" in stopped.stderr
-    assert json.loads((tmp_path / "cat.json").read_text())["status"] == "interrupted"
+    interrupted = json.loads((tmp_path / "cat.json").read_text())
+    assert interrupted["status"] == "interrupted"
+    finished = len(interrupted["iterations"])   # 1, or 2 where the first's line search used both budgets
+    assert 1 <= finished < 3
     line = error_line(CliRunner().invoke(app, args[:-4] + ["--iterations", "4"] + args[-2:] + ["--resume"]))
     assert "settings changed" in line and "iterations" in line
     resumed = CliRunner().invoke(app, args + ["--resume"])
     assert resumed.exit_code == 0, resumed.output
     record = json.loads((tmp_path / "cat.json").read_text())
     assert record["status"] == "finished" and [it["iteration"] for it in record["iterations"]] == [1, 2, 3]
-    assert record["resumed_after_iteration"] == 1
+    assert record["resumed_after_iteration"] == finished
