@@ -216,7 +216,8 @@ def stylize(
     optimizer_mode: Annotated[Optional[OptimizerMode], _opt(
         BEYOND, f"seed: L-BFGS restarted every iteration; continuous: one run {_default('optimizer_mode')}")] = None,
     tol: Annotated[Optional[float], _opt(
-        BEYOND, "Stop when a step lowers the loss by less than this fraction (default: never stop early).")] = None,
+        BEYOND, "Stop once an iteration lowers the loss by less than this fraction of it; 0: run every iteration "
+                f"{_default('tol')}")] = None,
     clip_pixels: Annotated[Optional[bool], _opt(
         BEYOND, f"Keep pixels within 0..255 through L-BFGS-B bounds {_default('clip_pixels')}", "--clip-pixels")]
     = None,

@@ -92,7 +92,9 @@ class TransferConfig:
     scale_iterations: iterations at each size, coarse to fine; None: ``iterations`` at each.
     optimizer_mode: OptimizerMode.SEED restarts L-BFGS every iteration as the seed does;
                     CONTINUOUS is one L-BFGS run of iterations*maxfun evaluations.
-    tol:            stop early when the relative loss reduction falls below tol; None never stops early.
+    tol:            stop once an iteration (maxfun evaluations) lowers the loss by at most tol
+                    times the loss it started from: the picture has stopped changing. 0 or
+                    None: run every iteration (the presets do, as the seed).
     clip_pixels:    keep pixels within 0..255 through L-BFGS-B's box constraints.
     style_normalization: StyleNormalization: RAW (the seed's) or GATYS (each layer's weight
                     times 1e3 / C**2, C its channel count, so weights carry across networks).
@@ -133,7 +135,7 @@ class TransferConfig:
     min_size: int | None = None
     scale_iterations: tuple[int, ...] | None = None
     optimizer_mode: OptimizerMode = OptimizerMode.CONTINUOUS
-    tol: float | None = None
+    tol: float | None = 0.01
     clip_pixels: bool = False
     style_normalization: StyleNormalization = StyleNormalization.RAW
     sheet: bool = False
@@ -202,10 +204,7 @@ class TransferConfig:
             put("scale_iterations", tuple(_integer("scale_iterations", n, 1) for n in _as_tuple(self.scale_iterations)))
         put("optimizer_mode", parse_choice(OptimizerMode, "optimizer_mode", self.optimizer_mode))
         if self.tol is not None:
-            tol = _weight("tol", self.tol)
-            if tol <= 0:
-                raise ConfigError("tol must be > 0 (or None to never stop early)")
-            put("tol", tol)
+            put("tol", _weight("tol", self.tol))
         put("style_normalization", parse_choice(StyleNormalization, "style_normalization", self.style_normalization))
         for flag in ("clip_pixels", "sheet", "gif", "plot"):
             put(flag, bool(getattr(self, flag)))

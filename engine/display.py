@@ -107,8 +107,12 @@ class ProgressDisplay:
             return
         last = result.iterations[-1]
         evaluations = sum(it.evaluations for it in result.iterations)
+        count = len(result.iterations)
+        early = (f" of {result.planned_iterations} (the picture had stopped changing: an iteration lowered the loss "
+                 "by less than --tol; --tol 0 runs every one)"
+                 if result.status == "finished" and count < result.planned_iterations else "")
         self._line(f"{self._prefix()}done: loss {last.loss:.3e} (content {last.content:.3e}, style {last.style:.3e}, "
-                   f"tv {last.tv:.3e}) after {len(result.iterations)} iterations, {evaluations} evaluations, "
+                   f"tv {last.tv:.3e}) after {count} iterations{early}, {evaluations} evaluations, "
                    f"{result.seconds:.1f} s on {result.provider}")
         snapshots = [it.snapshot for it in result.iterations if it.snapshot]
         written = [f"image {result.output}"] if result.output else []

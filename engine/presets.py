@@ -1,7 +1,8 @@
 """The seed's four parameter sets ("Generate pictures" and Part F), by the names of their outputs.
 
-Each also pins the seed's loop (noise start, L-BFGS-B restarted every iteration), where the
-engine's defaults start from the content with one continuous run: a preset reproduces the
+Each also pins the seed's loop (noise start, L-BFGS-B restarted every iteration, every
+iteration run), where the engine's defaults start from the content with one continuous run
+that stops once an iteration changes the loss little: a preset reproduces the
 seed's pictures and numbers; an override (e.g. ``--optimizer-mode continuous --init content``)
 takes the faster path with its weights.
 """
@@ -12,7 +13,7 @@ from typing import Any
 from .config import TransferConfig
 from .errors import ConfigError
 
-_SEED_LOOP = dict(optimizer_mode="seed", init="noise")
+_SEED_LOOP = dict(optimizer_mode="seed", init="noise", tol=None)
 _VGG16_STYLE_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -172,7 +172,6 @@ ROWS = [
     Row("scale-iterations-count", lambda e: stylize(e, "--size", "64", "--scales", "2", "--scale-iterations", "1,2,3"),
         r"3 scale iteration counts for 2 scales"),
     Row("max-megapixels-zero", lambda e: stylize(e, "--max-megapixels", "0"), r"max_megapixels must be > 0"),
-    Row("tol-zero", lambda e: stylize(e, "--tol", "0"), r"tol must be > 0"),
     Row("style-twice", lambda e: stylize(e, "--style", str(STYLE)),
         r"either as the STYLE argument or with --style \(once per file\), not both"),
     Row("no-style", lambda e: stylize(e, style=None), r"no style image given: give it as the STYLE argument"),

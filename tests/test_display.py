@@ -1,6 +1,7 @@
 """The progress display: live bars on a terminal, plain lines elsewhere, nothing when quiet, a batch level."""
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -63,6 +64,14 @@ def test_not_a_terminal_gets_plain_lines_and_a_summary_of_what_was_written():
     assert lines[4] == ("wrote image out/cat.png, 2 snapshots (out/cat_at_iteration_1.png ... cat_at_iteration_2.png), "
                         "record out/cat.json")
     assert len(lines) == 5  # no bar, no evaluation lines
+
+
+def test_a_run_its_tol_stopped_says_so_and_how_to_run_every_iteration():
+    c = console(False)
+    with ProgressDisplay(False, console=c) as display:
+        display.summary(dataclasses.replace(result(Path("out")), planned_iterations=50))
+    assert ("after 2 iterations of 50 (the picture had stopped changing: an iteration lowered the loss by less "
+            "than --tol; --tol 0 runs every one), 7 evaluations") in c.file.getvalue()
 
 
 def test_quiet_shows_nothing_even_on_a_terminal():

@@ -241,24 +241,23 @@ def test_lbfgs_runs_with_scipys_blas_on_one_thread_and_restores_it_after(mode):
 
 
 @pytest.mark.parametrize("mode", ["seed", "continuous"])
-def test_tol_stops_once_a_step_lowers_the_loss_by_less_than_tol_of_itself(models_dir, lbfgs_calls, mode):
+def test_tol_stops_once_an_iteration_lowers_the_loss_by_less_than_tol_of_it(models_dir, mode):
     # Content and a heavy tv from noise: converges fast towards a loss floor (> 0).
-    tol, iterations, maxfun = 1e-2, 8, 10
-    result = engine_for(models_dir, content_weight=1.0, style_weights=(0.0,) * 5, tv_weight=1e3,
-                        iterations=iterations, maxfun=maxfun, optimizer_mode=mode, tol=tol).run(CONTENT, STYLE)
-    assert len(result.iterations) < iterations
-    assert sum(it.evaluations for it in result.iterations) < iterations * maxfun
-    assert all(it.evaluations > 0 for it in result.iterations)
-    # Each accepted step's reduction relative to the loss before it (not to the first
-    # loss): above tol for every step but the last, which stopped the run.
-    reductions = []
-    for call in lbfgs_calls:
-        before = call["values"][0]
-        for value in call["accepted"]:
-            reductions.append((before - value) / before)
-            before = value
-    assert reductions[-1] <= tol
-    assert all(r > tol for r in reductions[:-1])
+    tol, iterations, maxfun = 3e-2, 8, 10   # both drivers stop after 5-6 iterations
+    settings = dict(content_weight=1.0, style_weights=(0.0,) * 5, tv_weight=1e3, iterations=iterations,
+                    maxfun=maxfun, optimizer_mode=mode, init="noise")
+    events = []
+    result = engine_for(models_dir, **settings, tol=tol).run(CONTENT, STYLE, callback=events.append)
+    assert 1 < len(result.iterations) < iterations == result.planned_iterations
+    # Each iteration's drop relative to the loss it started from (the first from the first
+    # evaluation); an iteration without evaluations of its own (a line search that overran
+    # two marks) is measured together with the one before it.
+    losses = [next(e.loss for e in events if isinstance(e, Evaluated))]
+    losses += [it.loss for it in result.iterations if it.evaluations > 0]
+    drops = [(before - after) / before for before, after in zip(losses, losses[1:])]
+    assert drops[-1] <= tol < min(drops[:-1])
+    # 0 runs every iteration, as None does.
+    assert len(engine_for(models_dir, **settings, tol=0).run(CONTENT, STYLE).iterations) == iterations
 
 
 def test_continuous_mode_is_one_lbfgs_run_reporting_an_iteration_per_maxfun_evaluations(models_dir, lbfgs_calls):

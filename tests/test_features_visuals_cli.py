@@ -234,7 +234,6 @@ BAD_OPTIONS = {
     "init-missing-file": (["--init", "no/such/start.png"], ["no/such/start.png"]),
     "style-scale-too-small": (["--style-scale", "0.01"], ["style_scale", "0.01"]),
     "style-scale-too-large": (["--style-scale", "20"], ["style_scale", "20"]),
-    "tol-zero": (["--tol", "0"], ["tol", "> 0"]),
     "tol-negative": (["--tol=-1e-3"], ["tol"]),
     "bit-depth-12": (["--bit-depth", "12"], ["bit_depth", "12"]),
     "bit-depth-16-jpeg": (["--bit-depth", "16", "-o", "{out}/cat.jpg"], ["16-bit", ".png"]),

@@ -43,8 +43,9 @@ def test_preset_config_has_the_seeds_values(name):
 @pytest.mark.parametrize("name", sorted(SEED_PARAMS))
 def test_presets_pin_the_seeds_loop_where_the_defaults_take_the_fast_path(name):
     config = preset_config(name)
-    assert (config.optimizer_mode.value, config.init) == ("seed", "noise")
+    assert (config.optimizer_mode.value, config.init, config.tol) == ("seed", "noise", None)   # every iteration
     assert (TransferConfig().optimizer_mode.value, TransferConfig().init) == ("continuous", "content")
+    assert TransferConfig().tol > 0
 
 
 def test_fields_a_preset_does_not_set_keep_the_config_defaults():

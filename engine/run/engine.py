@@ -363,7 +363,8 @@ class _Run:
         self.checkpoint = checkpoint_path(self.output) if self.output else None
         self.result = TransferResult(image=np.zeros((0, 0, 3), np.uint8), output=None,
                                      record=record_path(self.output) if self.output else None,
-                                     iterations=list(state.iterations) if state else [])
+                                     iterations=list(state.iterations) if state else [],
+                                     planned_iterations=sum(plan.per_scale))
 
     def cancelled(self) -> bool:
         return self.cancel is not None and bool(self.cancel.is_set())
@@ -555,6 +556,7 @@ class _Run:
             "versions": versions(),
             "seconds": round(self.result.seconds, 3),
             "evaluations": self.evaluations,
+            "planned_iterations": self.result.planned_iterations,
             "iterations": [it.record() for it in self.result.iterations],
         }
 

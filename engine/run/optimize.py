@@ -3,9 +3,9 @@
 The seed's loss reaches 1e12-1e15; both drivers divide it (and its gradient) by
 the first evaluation's loss so L-BFGS-B sees numbers near 1, and pass
 ``factr=0, pgtol=0`` so scipy never stops before the evaluation budget. A tolerance
-is tested here, not by scipy's factr: factr divides the reduction by max(|f|, 1),
-and with f scaled to start at 1 that would measure it against the first loss, not
-the current one. Callers get the true terms from the problem.
+is tested here, per iteration, not by scipy's factr: factr compares single steps and
+divides by max(|f|, 1), which with f scaled to start at 1 measures against the first
+loss, not the current one. Callers get the true terms from the problem.
 """
 from __future__ import annotations
 
@@ -64,9 +64,9 @@ def optimize(problem: Objective, x0: np.ndarray, iterations: int, maxfun: int, m
             raise Cancelled
         loss, grad = problem.loss_and_grad(x)
         on_evaluation(loss)
-        stopper.evaluated(loss)
         if not scales:
             scales.append(loss_scale(loss))
+        stopper.evaluated(loss * scales[0])
         return loss * scales[0], grad.ravel() * scales[0]
 
     options = dict(factr=0.0, pgtol=0.0, bounds=bounds)
@@ -79,34 +79,33 @@ def optimize(problem: Objective, x0: np.ndarray, iterations: int, maxfun: int, m
 
 
 class _Tolerance:
-    """Stops L-BFGS-B (StopIteration from its callback) once an accepted step lowers the
-    loss by at most ``tol`` times the loss before that step; never when ``tol`` is None.
+    """Says when to stop: once an iteration lowered the (scaled) loss by at most ``tol``
+    times the loss it started from; never when ``tol`` is None or 0.
 
-    L-BFGS-B evaluates an accepted point last before it calls back, so the last
-    evaluated loss is the new point's."""
+    An iteration starts from the last iteration's end point (the first from the first
+    evaluation) and ends at the point the driver reports; L-BFGS-B evaluates an accepted
+    point last before it calls back, so in the continuous driver that is the last
+    evaluated loss."""
 
     def __init__(self, tol: float | None):
         self.tol = tol
-        self.before: float | None = None
+        self.start: float | None = None
         self.last: float | None = None
         self.stopped = False
 
-    def start(self) -> None:
-        """A new fmin_l_bfgs_b call: measure from its first evaluation."""
-        self.before = None
-
     def evaluated(self, loss: float) -> None:
-        if self.before is None:
-            self.before = loss
+        if self.start is None:
+            self.start = loss
         self.last = loss
 
-    def accepted(self, xk: np.ndarray | None = None) -> None:
-        if not self.tol or self.before is None or self.last is None:
-            return
-        if self.before - self.last <= self.tol * abs(self.before):
-            self.stopped = True
-            raise StopIteration
-        self.before = self.last
+    def iteration_done(self, loss: float | None = None) -> bool:
+        """An iteration ended at ``loss`` (default: the last evaluated): whether to stop now."""
+        loss = self.last if loss is None else loss
+        if not self.tol or self.start is None or loss is None:
+            return False
+        self.stopped = self.start - loss <= self.tol * abs(self.start)
+        self.start = loss
+        return self.stopped
 
     def done(self, info: dict) -> bool:
         """Whether to stop: the tolerance was reached, or scipy found nothing left to reduce."""
@@ -117,10 +116,9 @@ def _seed(problem, objective, x, iterations, maxfun, options, on_iteration, stop
     # As the seed: a fresh L-BFGS-B (its curvature history lost) for each iteration.
     for i in range(1, iterations + 1):
         tick, before = time.perf_counter(), problem.evaluations
-        stopper.start()
-        x, _, info = fmin_l_bfgs_b(objective, x, maxfun=maxfun, callback=stopper.accepted if stopper.tol else None,
-                                   **options)
+        x, loss, info = fmin_l_bfgs_b(objective, x, maxfun=maxfun, **options)
         on_iteration(i, x, problem.evaluations - before, time.perf_counter() - tick)
+        stopper.iteration_done(loss)
         if stopper.done(info):
             break
     return x
@@ -141,14 +139,17 @@ def _continuous(problem, objective, x, iterations, maxfun, options, on_iteration
         state["tick"], state["mark"] = now, problem.evaluations
 
     def report(xk: np.ndarray) -> None:
+        reported = state["done"]
         while state["done"] < iterations - 1 and problem.evaluations - start >= (state["done"] + 1) * maxfun:
             finish_iteration(xk)
-        stopper.accepted(xk)
+        # Once per callback: a line search that overran past two marks reports two iterations
+        # here, the second without evaluations of its own; the drop is measured over both.
+        if state["done"] > reported and stopper.iteration_done():
+            raise StopIteration
 
     converged = False
     while problem.evaluations - start < budget and not converged:
         before = problem.evaluations
-        stopper.start()
         x, _, info = fmin_l_bfgs_b(objective, x, maxfun=budget - (before - start), maxiter=10**9,
                                    callback=report, **options)
         converged = stopper.done(info)

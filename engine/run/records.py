@@ -36,6 +36,7 @@ class TransferResult:
     status: str = RunStatus.FINISHED.value
     checkpoint: Path | None = None     # where --resume / resume=True continues from (None once finished)
     visuals: dict[str, Path] = field(default_factory=dict)  # kind (sheet, gif, plot, tiled) -> file written
+    planned_iterations: int = 0        # over all scales; a finished run has fewer when its tol stopped it early
 
 
 def snapshot_path(output: Path, iteration: int) -> Path:
