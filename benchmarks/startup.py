@@ -2,12 +2,14 @@
 does before its first evaluation, timed from a fresh process's start.
 
 Each repeat is a new Python process that imports the CLI (``engine.cli``, as the command
-does), builds the engine and problem the command builds (``TransferConfig(size=512)``, all
-cores) and runs the first evaluation at the start image. Reported, from the process's start:
-the imports done, the problem ready (graphs found, sessions open, targets computed: the
-first evaluation starts), and the first evaluation done; medians of the repeats, with the CPU
-share other processes took. ``--checkout`` times another checkout of the engine (its
-``engine`` package and ``exported_models``) with the same child, for a before/after.
+does) and starts the run the command starts (``TransferConfig(size=512)``, all cores, no
+output file), cancelled once its first evaluation is done. From 256 px up the default run
+begins at half the size (config.AUTO_SCALES_FROM), so its first evaluation is at that size;
+the size is reported. Reported, from the process's start: the imports done, the first scale
+ready (images loaded, graphs found, sessions open, targets computed: the first evaluation
+starts), and the first evaluation done; medians of the repeats, with the CPU share other
+processes took. ``--checkout`` times another checkout of the engine (its ``engine`` package
+and ``exported_models``) with the same child, for a before/after.
 
     python -m benchmarks.startup --repeats 5 --out benchmarks/results/<date>-startup
 """
@@ -28,17 +30,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Run by ``python -c`` in the checkout timed, with the process's start time as argv[1].
 CHILD = """
-import json, sys, time
+import json, sys, threading, time
 spawned = float(sys.argv[1])
 import engine.cli
-from engine import StyleTransfer, TransferConfig
+from engine import Evaluated, Prepared, StyleTransfer, TransferConfig
 imported = time.time()
-problem = StyleTransfer(TransferConfig(size=int(sys.argv[4]))).prepare(sys.argv[2], sys.argv[3])
-ready = time.time()
-problem.loss_and_grad(problem.initial_image())
-done = time.time()
-print(json.dumps({"imports_s": imported - spawned, "ready_s": ready - spawned, "first_eval_done_s": done - spawned,
-                  "size": [problem.shape[3], problem.shape[2]], "init": problem.config.init}))
+marks, stop = {}, threading.Event()
+
+def callback(event):
+    if isinstance(event, Prepared) and "ready" not in marks:
+        marks.update(ready=time.time(), size=[event.width, event.height])
+    elif isinstance(event, Evaluated) and "done" not in marks:
+        marks["done"] = time.time()
+        stop.set()
+
+config = TransferConfig(size=int(sys.argv[4]))
+StyleTransfer(config).run(sys.argv[2], sys.argv[3], callback=callback, cancel=stop)
+print(json.dumps({"imports_s": imported - spawned, "ready_s": marks["ready"] - spawned,
+                  "first_eval_done_s": marks["done"] - spawned, "size": marks["size"], "init": config.init}))
 """
 
 
@@ -73,7 +82,8 @@ def main() -> None:
     Path(f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
     width, height = runs[0]["size"]
     Path(f"{args.out}.md").write_text(
-        f"`nst stylize` with no tuning flags (init {runs[0]['init']}), {width}x{height} px, engine at {commit}, "
+        f"`nst stylize --size {args.size}` with no tuning flags (init {runs[0]['init']}), its first evaluation at "
+        f"{width}x{height} px, engine at {commit}, "
         f"{os.cpu_count()} CPUs; seconds from a fresh process's start, median of {args.repeats}:\n\n"
         "| imports done | ready (first evaluation starts) | first evaluation done | others' CPU |\n|---|---|---|---|\n"
         f"| {medians['imports_s']:.2f} | {medians['ready_s']:.2f} | {medians['first_eval_done_s']:.2f} "

@@ -89,7 +89,7 @@ def engine_arm(config: TransferConfig, content: Path, style: Path, target: float
     Curve: (seconds, best loss so far) at each evaluation of the final size; ``finished``:
     the seconds, final loss and evaluations of a run that ended by itself."""
     st = StyleTransfer(config, provider="cpu", threads=threads, winograd=winograd)
-    scales = len(st.scale_sizes(images.load_image(content).size))
+    scales = len(st.scale_plan(images.load_image(content).size)[0])
     state = {"scale": 0, "best": float("inf"), "evaluations": 0, "reached": None}
     curve: list[dict] = []
     started = time.perf_counter()

@@ -14,7 +14,8 @@ import typer
 from typer.core import TyperCommand
 
 from . import __version__
-from .config import OptimizerMode, Pooling, PreserveColors, Provider, StyleNormalization, TransferConfig
+from .config import (AUTO_COARSE_ITERATIONS, AUTO_SCALES_FROM, OptimizerMode, Pooling, PreserveColors, Provider,
+                     StyleNormalization, TransferConfig)
 from .display import ProgressDisplay
 from .errors import ConfigError, EngineError, ModelFileError, ProviderError
 from .io.images import output_path
@@ -206,7 +207,9 @@ def stylize(
     style_scale: Annotated[Optional[float], _opt(
         BEYOND, "The style image's longest edge relative to the output's (default: resized to the output, "
                 "as the seed).")] = None,
-    scales: Annotated[Optional[int], _opt(BEYOND, f"Sizes, coarse to fine {_default('scales')}")] = None,
+    scales: Annotated[Optional[int], _opt(
+        BEYOND, f"Sizes, coarse to fine (default: {AUTO_COARSE_ITERATIONS} iterations at half size first from "
+                f"{AUTO_SCALES_FROM} px up, else 1; a preset's: 1).")] = None,
     min_size: Annotated[Optional[int], _opt(
         BEYOND, "Longest edge of the coarsest scale in px (default: size / 2**(scales-1)).")] = None,
     scale_iterations: Annotated[Optional[str], _opt(

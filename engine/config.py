@@ -1,10 +1,11 @@
 """The settings of one style transfer: a frozen dataclass validated once, and the string choices.
 
-Defaults are the seed's ``style_transfer`` defaults except three things. The weights are
-those of the seed's Starry Night picture (preset ``starry_tubingen``): its signature's
-(content 3e-2, style up to 2e4, tv 5e-2) were only ever used for its unit tests and, run
-to the end, leave a painting with the photo gone. The start image and the optimiser: the
-content image and one continuous L-BFGS run reach the seed's loss several times sooner
+Defaults are the seed's ``style_transfer`` defaults except these. The weights are those of
+the seed's Starry Night picture (preset ``starry_tubingen``): its signature's (content 3e-2,
+style up to 2e4, tv 5e-2) were only ever used for its unit tests and, run to the end, leave
+a painting with the photo gone. The start, the optimiser and the sizes: the content image,
+one continuous L-BFGS run that stops once the picture stops changing (tol), and a few
+iterations at half size first from 256 px up reach the seed's loss several times sooner
 (benchmarks/results, README "Time to a picture"); the seed's presets pin its own loop.
 Every other module and the CLI take the defaults from here, so each one is written once.
 """
@@ -21,6 +22,13 @@ from typing import Any
 from .models import vgg
 from .errors import ConfigError
 from .io.images import MAX_MEGAPIXELS
+
+
+# scales=None: from this output size (longest edge, px) a run first takes a few iterations at
+# half the size (measured faster at 256 and 512 px); below it the half-size image is under
+# 128 px, and the pass was not measured to pay (README "Time to a picture").
+AUTO_SCALES_FROM = 256
+AUTO_COARSE_ITERATIONS = 3
 
 
 class Pooling(str, Enum):
@@ -88,6 +96,10 @@ class TransferConfig:
     style_scale:    the style image's longest edge relative to the output's (aspect kept);
                     None resizes it to the output size, as the seed does.
     scales:         number of sizes, coarse to fine, the result of each the start of the next.
+                    None (automatic): an output of AUTO_SCALES_FROM px or more on its longest
+                    edge first runs AUTO_COARSE_ITERATIONS iterations at half its size, then
+                    ``iterations`` at its size; a smaller one, or one with min_size,
+                    scale_iterations or content_masks given, runs at its size only.
     min_size:       longest edge of the first (coarsest) size; None: size / 2**(scales-1).
     scale_iterations: iterations at each size, coarse to fine; None: ``iterations`` at each.
     optimizer_mode: OptimizerMode.SEED restarts L-BFGS every iteration as the seed does;
@@ -131,7 +143,7 @@ class TransferConfig:
     style_blend: tuple[float, ...] | None = None
     preserve_colors: PreserveColors = PreserveColors.NONE
     style_scale: float | None = None
-    scales: int = 1
+    scales: int | None = None
     min_size: int | None = None
     scale_iterations: tuple[int, ...] | None = None
     optimizer_mode: OptimizerMode = OptimizerMode.CONTINUOUS
@@ -196,7 +208,8 @@ class TransferConfig:
             if not 0.05 <= scale <= 8:
                 raise ConfigError(f"style_scale must be between 0.05 and 8, got {scale:g}")
             put("style_scale", scale)
-        put("scales", _integer("scales", self.scales, 1))
+        if self.scales is not None:
+            put("scales", _integer("scales", self.scales, 1, "(or None to choose by the output's size)"))
         if self.min_size is not None:
             put("min_size", _integer("min_size", self.min_size, self.min_image_size(),
                                      "px for the deepest chosen layer"))

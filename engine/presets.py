@@ -13,7 +13,7 @@ from typing import Any
 from .config import TransferConfig
 from .errors import ConfigError
 
-_SEED_LOOP = dict(optimizer_mode="seed", init="noise", tol=None)
+_SEED_LOOP = dict(optimizer_mode="seed", init="noise", tol=None, scales=1)
 _VGG16_STYLE_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -17,6 +17,7 @@ from PIL import Image
 import engine.io.colors
 import engine.run.engine as run_engine
 from engine import IterationDone, Prepared, StyleTransfer, TransferConfig
+from engine.config import AUTO_COARSE_ITERATIONS, AUTO_SCALES_FROM
 from features_support import (CONTENT, SHALLOW, STYLE, YIQ, caffe, capture_constants, engine_for,
                               periodic_texture, rgb_of, uncaffe, write_png)
 
@@ -218,17 +219,51 @@ def _gram(activation: np.ndarray) -> np.ndarray:
     (dict(size=None, scales=2), (100, 100), [50, 100]),
 ])
 def test_scale_sizes_are_geometric_from_the_smallest_to_the_output_size(changes, content_size, expected):
-    sizes = StyleTransfer(TransferConfig(**changes)).scale_sizes(content_size)
-    assert sizes == expected
+    sizes, iterations = StyleTransfer(TransferConfig(iterations=7, **changes)).scale_plan(content_size)
+    assert sizes == expected and iterations == (7,) * len(sizes)
     if len(sizes) > 2:   # a constant ratio between neighbours, up to rounding
         ratios = [b / a for a, b in zip(sizes, sizes[1:])]
         assert max(ratios) - min(ratios) < 0.1
 
 
 def test_scale_sizes_with_only_a_min_size_choose_the_count_by_doubling():
-    sizes = StyleTransfer(TransferConfig(size=64, min_size=16)).scale_sizes((100, 100))
+    sizes, _ = StyleTransfer(TransferConfig(size=64, min_size=16)).scale_plan((100, 100))
     assert sizes[0] == 16 and sizes[-1] == 64
     assert len(sizes) == 1 + math.ceil(math.log2(64 / 16))
+
+
+@pytest.mark.parametrize("changes, content_size, expected", [
+    # From AUTO_SCALES_FROM px up: AUTO_COARSE_ITERATIONS at half size, then the iterations asked.
+    (dict(size=512), (640, 480), ([256, 512], (AUTO_COARSE_ITERATIONS, 9))),
+    (dict(size=AUTO_SCALES_FROM), (100, 60), ([AUTO_SCALES_FROM // 2, AUTO_SCALES_FROM], (AUTO_COARSE_ITERATIONS, 9))),
+    (dict(size=None), (300, 200), ([150, 300], (AUTO_COARSE_ITERATIONS, 9))),  # the content's own size
+    # Below it, or when the user chose the scales in any way, or with region masks: as asked.
+    (dict(size=AUTO_SCALES_FROM - 1), (100, 60), ([AUTO_SCALES_FROM - 1], (9,))),
+    (dict(size=512, scales=1), (640, 480), ([512], (9,))),
+    (dict(size=512, scales=3), (640, 480), ([128, 256, 512], (9, 9, 9))),
+    (dict(size=512, min_size=128), (640, 480), ([128, 256, 512], (9, 9, 9))),
+    (dict(size=512, scale_iterations=(4,)), (640, 480), ([512], (4,))),
+])
+def test_automatic_scales_take_a_short_half_size_pass_from_256_px_up(changes, content_size, expected):
+    assert StyleTransfer(TransferConfig(iterations=9, **changes)).scale_plan(content_size) == expected
+
+
+def test_automatic_scales_stay_one_with_region_masks(tmp_path):
+    mask = tmp_path / "all.png"
+    Image.new("L", (8, 8), 255).save(mask)
+    cfg = TransferConfig(size=512, iterations=9, content_masks=(str(mask),))
+    assert StyleTransfer(cfg).scale_plan((640, 480)) == ([512], (9,))
+
+
+def test_a_default_run_from_256_px_starts_at_half_the_size(tmp_path, models_dir):
+    result = engine_for(models_dir, size=AUTO_SCALES_FROM, iterations=1, maxfun=1, save_every=0, tol=0).run(
+        CONTENT, STYLE, tmp_path / "cat.png")
+    record = json.loads((tmp_path / "cat.json").read_text())
+    half = AUTO_SCALES_FROM // 2
+    assert [edge for edge in map(max, record["scales"])] == [half, AUTO_SCALES_FROM]
+    assert record["config"]["scales"] is None
+    assert result.planned_iterations == record["planned_iterations"] == AUTO_COARSE_ITERATIONS + 1
+    assert [max(it["size"]) for it in record["iterations"]] == [half] * AUTO_COARSE_ITERATIONS + [AUTO_SCALES_FROM]
 
 
 @pytest.fixture(scope="module")

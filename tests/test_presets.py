@@ -3,6 +3,7 @@ import pytest
 from engine.config import TransferConfig
 from engine.errors import ConfigError
 from engine.presets import PRESETS, preset_config
+from engine.run.engine import scale_plan
 
 VGG16_STYLE = ["block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1"]
 
@@ -44,8 +45,10 @@ def test_preset_config_has_the_seeds_values(name):
 def test_presets_pin_the_seeds_loop_where_the_defaults_take_the_fast_path(name):
     config = preset_config(name)
     assert (config.optimizer_mode.value, config.init, config.tol) == ("seed", "noise", None)   # every iteration
-    assert (TransferConfig().optimizer_mode.value, TransferConfig().init) == ("continuous", "content")
-    assert TransferConfig().tol > 0
+    assert scale_plan(config, (640, 480)) == ([640], (50,))   # the seed's one size, the content's own
+    defaults = TransferConfig()
+    assert (defaults.optimizer_mode.value, defaults.init) == ("continuous", "content")
+    assert defaults.tol > 0 and len(scale_plan(defaults, (640, 480))[0]) == 2
 
 
 def test_fields_a_preset_does_not_set_keep_the_config_defaults():

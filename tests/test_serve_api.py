@@ -10,6 +10,7 @@ from PIL import Image
 
 from serve_support import CONTENT, LONG, STYLE, TINY, LiveServer, serve_settings, shared_runner
 
+from engine.config import AUTO_COARSE_ITERATIONS, AUTO_SCALES_FROM
 from engine.serve.jobs import JobBoard
 from engine.serve.params import job_config
 
@@ -82,6 +83,15 @@ def test_submitting_answers_before_the_job_has_run(server):
     finally:
         server.http.post(f"api/jobs/{job_id}/cancel")
         server.wait(job_id, ("cancelled",))
+
+
+def test_a_job_counts_the_half_size_start_in_its_iterations(server):
+    job_id = server.submit({"size": AUTO_SCALES_FROM, "iterations": 2, "maxfun": 1, "init": "content"}).json()["id"]
+    try:
+        assert server.http.get(f"api/jobs/{job_id}").json()["iterations"] == AUTO_COARSE_ITERATIONS + 2
+    finally:
+        server.http.post(f"api/jobs/{job_id}/cancel")
+        server.wait(job_id, ("cancelled", "finished"))
 
 
 def test_event_stream_resumes_after_last_event_id(server, finished):
@@ -203,6 +213,7 @@ def test_stopping_the_server_marks_its_running_job_interrupted(tmp_path, models_
     ('{"preset": "nope"}', "unknown preset"),
     ('{"style_blend": [1, 2]}', "2 style_blend weights for 1 style images"),
     ('{"size": 100000}', "--max-pixels"),
+    ('{"size": 64, "scales": 2, "scale_iterations": [1, 2, 3]}', "3 scale iteration counts for 2 scales"),
 ])
 def test_invalid_params_are_refused_before_queueing(server, params, words):
     before = len(server.http.get("api/jobs").json()["jobs"])

@@ -22,7 +22,7 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image
 
-from ..config import Init, PreserveColors, Provider, StyleNormalization, TransferConfig, parse_choice
+from ..config import AUTO_COARSE_ITERATIONS, AUTO_SCALES_FROM, Init, PreserveColors, Provider, StyleNormalization, TransferConfig, parse_choice
 from ..errors import ConfigError, EngineError, NonFiniteError, RunError
 from ..graph import lossgrad
 from ..io import colors, images, visuals
@@ -299,11 +299,7 @@ class Engine:
         # Loaded once per run, at no less than the largest scale's size.
         content_image = load(content, cfg, cfg.size)
         style_images = [load(s, cfg, _style_fit(cfg)) for s in sources]
-        sizes = scale_sizes(cfg, content_image.size)
-        per_scale = cfg.scale_iterations or (cfg.iterations,) * len(sizes)
-        if len(per_scale) != len(sizes):
-            raise ConfigError(f"{len(per_scale)} scale iteration counts for {len(sizes)} scales "
-                              f"({', '.join(map(str, sizes))} px): give one per scale")
+        sizes, per_scale = scale_plan(cfg, content_image.size)
         if self.provider is not Provider.CUDA:  # host memory; a GPU's is not known before its session
             check_memory(cfg, *sizes_for(cfg, content_image.size, sizes[-1])[1],
                          winograd=self.winograd and not cfg.tileable)
@@ -578,11 +574,27 @@ def sizes_for(cfg: TransferConfig, content_size: tuple[int, int],
     return (working if cfg.tileable else output_size), working
 
 
-def scale_sizes(cfg: TransferConfig, content_size: tuple[int, int]) -> list[int]:
-    """The longest edge at each scale, coarse to fine."""
+def scale_plan(cfg: TransferConfig, content_size: tuple[int, int]) -> tuple[list[int], tuple[int, ...]]:
+    """The longest edge at each scale, coarse to fine, and the iterations at each."""
     final = cfg.size or max(content_size)
-    smallest = cfg.min_size or math.ceil(final / 2 ** (cfg.scales - 1))
-    count = cfg.scales if cfg.scales > 1 or cfg.min_size is None else 1 + math.ceil(math.log2(final / smallest))
+    scales = cfg.scales
+    if scales is None:
+        automatic = (final >= AUTO_SCALES_FROM and cfg.min_size is None and cfg.scale_iterations is None
+                     and cfg.content_masks is None)
+        if automatic:
+            return _scale_sizes(cfg, content_size, final, 2), (AUTO_COARSE_ITERATIONS, cfg.iterations)
+        scales = 1
+    sizes = _scale_sizes(cfg, content_size, final, scales)
+    per_scale = cfg.scale_iterations or (cfg.iterations,) * len(sizes)
+    if len(per_scale) != len(sizes):
+        raise ConfigError(f"{len(per_scale)} scale iteration counts for {len(sizes)} scales "
+                          f"({', '.join(map(str, sizes))} px): give one per scale")
+    return sizes, per_scale
+
+
+def _scale_sizes(cfg: TransferConfig, content_size: tuple[int, int], final: int, scales: int) -> list[int]:
+    smallest = cfg.min_size or math.ceil(final / 2 ** (scales - 1))
+    count = scales if scales > 1 or cfg.min_size is None else 1 + math.ceil(math.log2(final / smallest))
     if count == 1 or smallest >= final:
         return [final]
     sizes = [round(smallest * (final / smallest) ** (k / (count - 1))) for k in range(count)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Provider, TransferConfig
-from .engine import Engine, ImageSource, Styles, scale_sizes, sizes_for
+from .engine import Engine, ImageSource, Styles, scale_plan, sizes_for
 from .events import Callback
 from .problem import Problem
 from .records import TransferResult
@@ -37,5 +37,6 @@ class StyleTransfer:
     def sizes_for(self, content_size: tuple[int, int], size: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
         return sizes_for(self.config, content_size, size)
 
-    def scale_sizes(self, content_size: tuple[int, int]) -> list[int]:
-        return scale_sizes(self.config, content_size)
+    def scale_plan(self, content_size: tuple[int, int]) -> tuple[list[int], tuple[int, ...]]:
+        """The longest edge at each scale, coarse to fine, and the iterations at each."""
+        return scale_plan(self.config, content_size)

@@ -26,7 +26,7 @@ from PIL import Image
 from ..config import Provider, TransferConfig
 from ..errors import ConfigError, EngineError
 from ..io.files import atomic_write_text
-from ..run.engine import Engine
+from ..run.engine import Engine, scale_plan
 from ..run.events import Evaluated, IterationDone, Prepared
 from ..run.records import checkpoint_path, snapshot_path
 
@@ -176,6 +176,7 @@ class JobBoard:
             if len(self._queue) >= self.max_queued:
                 raise JobError(f"the queue is full: {len(self._queue)} jobs wait, the server's limit (--max-queued); "
                                "try again when some have run", 429)
+        iterations = sum(scale_plan(config, content.size)[1])  # a ConfigError before anything is written
         job_id = new_id()
         folder = self.root / job_id
         staging = self.root / f".{job_id}.new"
@@ -184,8 +185,7 @@ class JobBoard:
         for name, image in [("content", content)] + [(f"style-{k}", s) for k, s in enumerate(styles, 1)]:
             image.save(inputs / f"{name}.png", format="PNG")
         job = Job(id=job_id, folder=folder, params=params, config=config.to_dict(), styles=len(styles),
-                  created=time.time(), iterations=_total_iterations(config),
-                  total_evaluations=_total_iterations(config) * config.maxfun)
+                  created=time.time(), iterations=iterations, total_evaluations=iterations * config.maxfun)
         atomic_write_text(staging / "params.json", json.dumps(params, indent=2) + "\n")
         atomic_write_text(staging / "job.json", json.dumps(job.state(), indent=2) + "\n")
         staging.rename(folder)  # the job appears whole or not at all
@@ -378,10 +378,6 @@ class JobBoard:
 def _snapshots(output: Path) -> list[int]:
     found = (SNAPSHOT_PATTERN.fullmatch(p.name) for p in output.iterdir()) if output.is_dir() else ()
     return sorted(int(m.group(1)) for m in found if m)
-
-
-def _total_iterations(config: TransferConfig) -> int:
-    return sum(config.scale_iterations) if config.scale_iterations else config.iterations * config.scales
 
 
 def _read_events(path: Path) -> list[dict[str, Any]]:
