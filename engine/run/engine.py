@@ -22,7 +22,8 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image
 
-from ..config import AUTO_COARSE_ITERATIONS, AUTO_SCALES_FROM, Init, PreserveColors, Provider, StyleNormalization, TransferConfig, parse_choice
+from ..config import (AUTO_COARSE_ITERATIONS, AUTO_SCALES_FROM, Init, PreserveColors, Provider, StyleNormalization,
+                      TransferConfig, parse_choice)
 from ..errors import ConfigError, EngineError, NonFiniteError, RunError
 from ..graph import lossgrad
 from ..io import colors, images, visuals
