@@ -3,7 +3,7 @@ does before its first evaluation, timed from a fresh process's start.
 
 Each repeat is a new Python process that imports the CLI (``engine.cli``, as the command
 does) and starts the run the command starts (``TransferConfig(size=512)``, all cores, no
-output file), cancelled once its first evaluation is done. From 256 px up the default run
+output file), cancelled once its first evaluation is done. From 128 px up the default run
 begins at half the size (config.AUTO_SCALES_FROM), so its first evaluation is at that size;
 the size is reported. Reported, from the process's start: the imports done, the first scale
 ready (images loaded, graphs found, sessions open, targets computed: the first evaluation

@@ -5,7 +5,7 @@ the seed's Starry Night picture (preset ``starry_tubingen``): its signature's (c
 style up to 2e4, tv 5e-2) were only ever used for its unit tests and, run to the end, leave
 a painting with the photo gone. The start, the optimiser and the sizes: the content image,
 one continuous L-BFGS run that stops once the picture stops changing (tol), and a few
-iterations at half size first from 256 px up reach the seed's loss several times sooner
+iterations at half size first from 128 px up reach the seed's loss several times sooner
 (benchmarks/results, README "Time to a picture"); the seed's presets pin its own loop.
 Every other module and the CLI take the defaults from here, so each one is written once.
 """
@@ -25,9 +25,9 @@ from .io.images import MAX_MEGAPIXELS
 
 
 # scales=None: from this output size (longest edge, px) a run first takes a few iterations at
-# half the size (measured faster at 256 and 512 px); below it the half-size image is under
-# 128 px, and the pass was not measured to pay (README "Time to a picture").
-AUTO_SCALES_FROM = 256
+# half the size (measured faster at 128, 192, 256 and 512 px); below it the half-size image
+# is under 64 px, and the pass was not measured (README "Time to a picture").
+AUTO_SCALES_FROM = 128
 AUTO_COARSE_ITERATIONS = 3
 
 
