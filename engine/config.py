@@ -209,7 +209,7 @@ class TransferConfig:
                 raise ConfigError(f"style_scale must be between 0.05 and 8, got {scale:g}")
             put("style_scale", scale)
         if self.scales is not None:
-            put("scales", _integer("scales", self.scales, 1, "(or None to choose by the output's size)"))
+            put("scales", _integer("scales", self.scales, 1, "(leave it out to choose by the output's size)"))
         if self.min_size is not None:
             put("min_size", _integer("min_size", self.min_size, self.min_image_size(),
                                      "px for the deepest chosen layer"))

@@ -239,6 +239,8 @@ def test_scale_sizes_with_only_a_min_size_choose_the_count_by_doubling():
     (dict(size=None), (300, 200), ([150, 300], (AUTO_COARSE_ITERATIONS, 9))),  # the content's own size
     # Below it, or when the user chose the scales in any way, or with region masks: as asked.
     (dict(size=AUTO_SCALES_FROM - 1), (100, 60), ([AUTO_SCALES_FROM - 1], (9,))),
+    # A strip whose half size would leave block5 (1/16 of it) less than a pixel high: one size.
+    (dict(size=AUTO_SCALES_FROM), (1000, 200), ([AUTO_SCALES_FROM], (9,))),
     (dict(size=512, scales=1), (640, 480), ([512], (9,))),
     (dict(size=512, scales=3), (640, 480), ([128, 256, 512], (9, 9, 9))),
     (dict(size=512, min_size=128), (640, 480), ([128, 256, 512], (9, 9, 9))),

@@ -581,7 +581,7 @@ def scale_plan(cfg: TransferConfig, content_size: tuple[int, int]) -> tuple[list
     scales = cfg.scales
     if scales is None:
         automatic = (final >= AUTO_SCALES_FROM and cfg.min_size is None and cfg.scale_iterations is None
-                     and cfg.content_masks is None)
+                     and cfg.content_masks is None and not _too_small(cfg, content_size, math.ceil(final / 2)))
         if automatic:
             return _scale_sizes(cfg, content_size, final, 2), (AUTO_COARSE_ITERATIONS, cfg.iterations)
         scales = 1
@@ -599,11 +599,16 @@ def _scale_sizes(cfg: TransferConfig, content_size: tuple[int, int], final: int,
     if count == 1 or smallest >= final:
         return [final]
     sizes = [round(smallest * (final / smallest) ** (k / (count - 1))) for k in range(count)]
-    if min(sizes[0] * min(content_size) // max(content_size), sizes[0]) < cfg.min_image_size():
+    if _too_small(cfg, content_size, sizes[0]):
         raise ConfigError(
             f"the first of {count} scales is {sizes[0]} px on its longest edge, too small for the deepest "
             f"chosen layer (needs {cfg.min_image_size()} px per side): use fewer --scales or a larger --min-size")
     return sizes
+
+
+def _too_small(cfg: TransferConfig, content_size: tuple[int, int], edge: int) -> bool:
+    """Whether the content at ``edge`` px on its longest edge is too small for the deepest chosen layer."""
+    return min(edge * min(content_size) // max(content_size), edge) < cfg.min_image_size()
 
 
 def check_styles(cfg: TransferConfig, sources: list) -> None:
