@@ -656,7 +656,7 @@ def run_benchmark(options: BenchOptions, progress: Progress | None = None) -> di
                 result["lbfgs"][variant] = run
 
     result["scaling"] = _scaling(sizes, reference is not None)
-    result["memory"] = _memory(config, sizes)
+    result["memory"] = _memory(config, sizes, sizes[-1]["winograd"])
     if result["provider"] != "CUDAExecutionProvider":
         result["gpu_estimate"] = {"gpu": gpu_name(options.gpu), "kind": "estimate",
                                   "note": "FLOP-based estimate from the dense TF32 peak, not a measurement",
@@ -687,8 +687,9 @@ def _measure_size(options: BenchOptions, cfg: TransferConfig, st, reference: Tor
         "time_to_first_eval_s": child["time_to_first_eval_s"], "first_eval_contention": child["contention"],
         **{key: child[key] for key in ("prepare_s", "command_to_ready_s", "sessions_s", "graphs_s", "first_eval_s")},
         "rss": {"onnx_peak": child["peak_rss"], "onnx_baseline": child["baseline_rss"]},
-        "estimate_eval_bytes": estimate_eval_bytes(cfg, width, height),
-        "estimate_breakdown": eval_memory_breakdown(cfg, width, height),
+        "winograd": problem.runtime["winograd"],
+        "estimate_eval_bytes": estimate_eval_bytes(cfg, width, height, problem.runtime["winograd"]),
+        "estimate_breakdown": eval_memory_breakdown(cfg, width, height, problem.runtime["winograd"]),
     }
     functions = {"onnx": lambda: problem.loss_and_grad(x)}
     if reference is not None:
@@ -742,10 +743,11 @@ def _scaling(sizes: list[dict], with_torch: bool) -> dict[str, Any]:
     return out
 
 
-def _memory(config: TransferConfig, sizes: list[dict]) -> dict[str, Any]:
+def _memory(config: TransferConfig, sizes: list[dict], winograd: bool) -> dict[str, Any]:
     """Largest square working size that fits in the machine's memory (less the baseline RSS):
     by a line through the measured peak RSS (the engine as it runs now) and by the tensor
-    estimate, each for one evaluation and for a run (plus L-BFGS-B's state)."""
+    estimate (of the graph the engine ran, Winograd or direct), each for one evaluation and for
+    a run (plus L-BFGS-B's state)."""
     total = total_memory_bytes()
     baseline = max(e["rss"]["onnx_baseline"] for e in sizes)
     budget = total - baseline
@@ -754,8 +756,9 @@ def _memory(config: TransferConfig, sizes: list[dict]) -> dict[str, Any]:
     def fits(bytes_for: Callable[[int, int], float]) -> int:
         return largest_square(bytes_for, budget, multiple)
 
-    largest = {"estimate_eval": fits(lambda w, h: estimate_eval_bytes(config, w, h)),
-               "estimate_run": fits(lambda w, h: estimate_eval_bytes(config, w, h) + estimate_optimizer_bytes(w, h))}
+    largest = {"estimate_eval": fits(lambda w, h: estimate_eval_bytes(config, w, h, winograd)),
+               "estimate_run": fits(lambda w, h: estimate_eval_bytes(config, w, h, winograd)
+                                    + estimate_optimizer_bytes(w, h))}
     out: dict[str, Any] = {"total_bytes": total, "baseline_rss_bytes": baseline, "multiple": multiple,
                            "largest_square": largest}
     fit = linear_fit([e["pixels"] for e in sizes], [e["rss"]["onnx_peak"] - e["rss"]["onnx_baseline"] for e in sizes])

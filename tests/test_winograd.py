@@ -39,9 +39,11 @@ def test_transforms_compute_the_3_tap_correlation_exactly_in_float64(m):
 @pytest.mark.parametrize("m", sorted(winograd.POINTS))
 def test_a_flipped_kernels_transform_is_a_scaled_permutation_of_the_kernels(m):
     t = winograd.transforms(m)
-    perm, scale = winograd.flip_permutation(t)
+    perm, scale, alternate = winograd.flip_permutation(t)
+    assert alternate == (m == 4)  # F(4,3)'s points are closed under t -> -1/t, F(2,3)'s under t -> 1/t
     g = np.random.default_rng(0).standard_normal(3)
-    np.testing.assert_allclose(t.G @ g[::-1], scale * (t.G @ g)[perm], atol=1e-12)
+    middle_negated = g * [1.0, -1.0, 1.0] if alternate else g
+    np.testing.assert_allclose(t.G @ g[::-1], scale * (t.G @ middle_negated)[perm], atol=1e-12)
 
 
 @pytest.mark.parametrize("m", sorted(winograd.POINTS))
@@ -127,11 +129,18 @@ def test_winograd_loss_graph_keeps_one_transformed_weight_tensor_per_layer_and_n
             assert users[name] == ["MatMul", "MatMul"], name
 
 
-def test_memory_estimate_counts_one_transformed_weight_tensor_and_the_tiles():
+def test_memory_estimate_counts_one_transformed_weight_tensor_and_the_tiles(synthetic_weights):
     cfg = TransferConfig()
     direct, fast = eval_memory_breakdown(cfg, 512, 336), eval_memory_breakdown(cfg, 512, 336, winograd=True)
-    # F(2,3): 16 values per 9 kernel values, once, instead of the kernel and its flipped copy.
-    assert fast["weights"] < direct["weights"]
+    # A Winograd layer keeps its transform ((m+2)^2 values per 9), once, instead of the kernel and
+    # the flipped copy the direct backward uses: the difference is what the loss graph holds.
+    model = lossgrad.build_loss_graph(feature_graph(synthetic_weights),
+                                      LayerChoice(cfg.content_layer, cfg.style_layers, winograd=True))
+    transformed = {t.name.removesuffix("/kernel/winograd"): int(np.prod(t.dims))
+                   for t in model.graph.initializer if t.name.endswith("/winograd")}
+    kernels = sum(synthetic_weights.layers[layer][0].size for layer in transformed)
+    assert len(transformed) == 7  # blocks 3-5 up to block5_conv1
+    assert fast["weights"] - direct["weights"] == 4 * (sum(transformed.values()) - 2 * kernels)
     assert fast["activations"] > direct["activations"]  # the tiles and their products
 
 

@@ -47,7 +47,7 @@ from .terms import content_term, gram, guided_style_term, halve_mask, style_term
 from .winograd import transformed_weights
 
 # Part of the cache key: bump it whenever the graphs this module builds change.
-GRAPH_VERSION = "4"
+GRAPH_VERSION = "5"
 
 CONTENT_TARGET, CONTENT_WEIGHT, TV_WEIGHT = "content_target", "content_weight", "tv_weight"
 LOSS, CONTENT, TV, GRAD = "loss", "content", "tv", "grad"
@@ -132,10 +132,10 @@ def forward_steps(feature_model: onnx.ModelProto, choice: LayerChoice, deepest: 
 
 
 # Output tile size m of the Winograd F(m, 3) convs, by VGG block. Blocks 1-2 (few channels,
-# large maps) are faster direct, their transforms being memory-bound. F(4,3) in blocks 3-4 was
-# ~7% faster again (one thread, 256 px) but its gradient was 5e-5 off the direct graph's,
-# F(2,3)'s 1.4e-7 (README, Performance).
-WINOGRAD_TILES = {3: 2, 4: 2, 5: 2}
+# large maps) are no faster as Winograd, their transforms being memory-bound. F(4,3) in blocks 3-4
+# took 0.78-0.82 of the direct graph's time at 256 and 512 px where F(2,3) in blocks 3-5 took
+# 0.94-1.0; block 5 (11x16 px at 256) is as fast with F(2,3) as with F(4,3), for less weight memory.
+WINOGRAD_TILES = {3: 4, 4: 4, 5: 2}
 
 
 def winograd_weights(kernel: str) -> str:
