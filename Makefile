@@ -8,8 +8,7 @@ EXAMPLE_OUT := out/cat_starry_night.png
 
 # The main job: stylize the bundled cat photo with the bundled Starry Night.
 example: exported_models/vgg16.onnx
-	$(BIN)/nst stylize examples/content.jpg examples/style.jpg -o $(EXAMPLE_OUT) \
-		--preset starry_tubingen --size 256 --iterations 10 --init content
+	$(BIN)/nst stylize examples/content.jpg examples/style.jpg -o $(EXAMPLE_OUT) --size 256
 	@echo "result: $(EXAMPLE_OUT) (snapshots and the run record $(basename $(EXAMPLE_OUT)).json beside it)"
 
 # The README's gallery (docs/gallery/): only entries whose picture is missing or out of date are run.

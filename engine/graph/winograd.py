@@ -175,6 +175,7 @@ def conv_input_gradient(b: GraphBuilder, dy: str, x: str, u: str, in_channels: i
     BT = (t.BT * scale[:, None])[inverse]
     AT = t.AT[:, inverse]
     if alternate:
+        assert t.m % 2 == 0, "the sign pattern repeats per tile only for an even m"
         # G flip(g) = Q G D g is the transform of the kernel D g D, whose correlation is M corr(M d, g)
         # for the sign pattern M = (-1)^(row + column): M goes into the tiles' transforms (m is even,
         # so every tile sees the same pattern, and its sign at the tile's first pixel cancels in 2-D).

@@ -60,8 +60,8 @@ class Engine:
     Runtime intra-op threads (None: all cores). On CUDA, ``tf32`` lets convolutions
     and matmuls use TF32 tensor cores, and ``cuda_graph`` replays each evaluation
     as one captured CUDA graph. ``winograd``: the loss graph's block 3-5 convolutions as
-    Winograd F(2, 3) (fewer multiplications; CPU provider only); None: on when the
-    sessions will run on the CPU.
+    Winograd F(m, 3) (``graph.lossgrad.WINOGRAD_TILES``; fewer multiplications; CPU provider
+    only); None: on when the sessions will run on the CPU.
 
     Threads: ``run`` and ``prepare`` may be called from several threads at once. The
     caches are guarded by locks (each graph is built, each session opened, once; two
