@@ -30,7 +30,7 @@ GRAD_REL_L2 = 1e-3      # ||grad - ref|| / ||ref||
 
 # Ops ONNX Runtime's CUDA provider has kernels for, at the types the graph uses. Anything
 # else would drop nodes to the CPU mid-graph (a copy both ways per evaluation).
-CUDA_OPS = {"Conv", "Relu", "MaxPool", "AveragePool", "Resize", "Equal", "Greater", "Cast", "Mul",
+CUDA_OPS = {"Conv", "ConvTranspose", "Relu", "MaxPool", "AveragePool", "Resize", "Equal", "Greater", "Cast", "Mul",
             "Add", "Sub", "Slice", "Pad", "Transpose", "MatMul", "ReduceSum", "Reshape", "Squeeze",
             "Unsqueeze", "Identity", "Concat"}
 # Shape-computing or data-dependent ops: they break CUDA graph capture or run on the CPU.

@@ -12,6 +12,7 @@ from typing import Callable
 
 from onnx import TensorProto
 
+from ..models.export import INPUT_NAME
 from . import winograd
 from .builder import INT64_MAX, GraphBuilder
 
@@ -45,6 +46,10 @@ def _flipped_kernel(b: GraphBuilder, step: Step) -> str:
 
 
 def _conv_backward(b: GraphBuilder, step: Step, dy: str) -> str:
+    if step.x == INPUT_NAME:
+        # The image's conv: its adjoint has 3 output channels, which the CPU's blocked (NCHWc)
+        # Conv pads to 16 and reorders in and out; ConvTranspose (a GEMM, then col2im) is ~3x faster.
+        return b.op("ConvTranspose", dy, step.params[0], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     return b.op("Conv", dy, _flipped_kernel(b, step), kernel_shape=[3, 3], pads=[1, 1, 1, 1])
 
 

@@ -110,11 +110,14 @@ def eval_memory_breakdown(config: TransferConfig, width: int, height: int,
     maps = forward_maps(config, width, height)
     pixels = width * height
     weights = 0
-    for m in (m for m in maps if m.kind == "conv"):
+    convs = [m for m in maps if m.kind == "conv"]
+    for m in convs:
         tile = _winograd(m, winograd)
-        # A direct conv keeps its kernel and the flipped copy its backward uses; a Winograd conv
-        # keeps one transformed kernel ((m+2)^2 values per 9) that both directions share.
-        weights += m.in_channels * m.channels * (2 * 9 if tile is None else (tile + 2) ** 2) + m.channels
+        # A direct conv keeps its kernel and the flipped copy its backward uses (the image's conv
+        # none: its backward is a ConvTranspose of the kernel, except on a torus, 7 KB); a Winograd
+        # conv keeps one transformed kernel ((m+2)^2 values per 9) that both directions share.
+        direct = 9 if m is convs[0] else 2 * 9
+        weights += m.in_channels * m.channels * (direct if tile is None else (tile + 2) ** 2) + m.channels
     return {
         "activations": FLOAT32 * activation_peak(config, width, height, winograd)[0],
         "image": FLOAT32 * _IMAGE_TENSORS * 3 * pixels,
