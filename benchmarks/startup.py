@@ -5,11 +5,12 @@ Each repeat is a new Python process that imports the CLI (``engine.cli``, as the
 does) and starts the run the command starts (``TransferConfig(size=512)``, all cores, no
 output file), cancelled once its first evaluation is done. From 128 px up the default run
 begins at half the size (config.AUTO_SCALES_FROM), so its first evaluation is at that size;
-the size is reported. Reported, from the process's start: the imports done, the first scale
-ready (images loaded, graphs found, sessions open, targets computed: the first evaluation
-starts), and the first evaluation done; medians of the repeats, with the CPU share other
-processes took. ``--checkout`` times another checkout of the engine (its ``engine`` package
-and ``exported_models``) with the same child, for a before/after.
+the size is reported (``--scales 1``: the output size from the start). Reported, from the
+process's start: the imports done, the first scale ready (images loaded, graphs found,
+sessions open, targets computed: the first evaluation starts), and the first evaluation done;
+medians of the repeats, with the CPU share other processes took. ``--checkout`` times another
+checkout of the engine (its ``engine`` package and ``exported_models``) with the same child,
+for a before/after.
 
     python -m benchmarks.startup --repeats 5 --out benchmarks/results/<date>-startup
 """
@@ -44,16 +45,17 @@ def callback(event):
         marks["done"] = time.time()
         stop.set()
 
-config = TransferConfig(size=int(sys.argv[4]))
+config = TransferConfig(size=int(sys.argv[4]), scales=json.loads(sys.argv[5]))
 StyleTransfer(config).run(sys.argv[2], sys.argv[3], callback=callback, cancel=stop)
 print(json.dumps({"imports_s": imported - spawned, "ready_s": marks["ready"] - spawned,
                   "first_eval_done_s": marks["done"] - spawned, "size": marks["size"], "init": config.init}))
 """
 
 
-def measure(checkout: Path, content: Path, style: Path, size: int) -> dict:
+def measure(checkout: Path, content: Path, style: Path, size: int, scales: int | None) -> dict:
     with CpuMonitor() as monitor:
-        done = subprocess.run([sys.executable, "-c", CHILD, repr(time.time()), str(content), str(style), str(size)],
+        done = subprocess.run([sys.executable, "-c", CHILD, repr(time.time()), str(content), str(style), str(size),
+                               json.dumps(scales)],
                               cwd=checkout, env={**os.environ, "PYTHONPATH": str(checkout)},
                               capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -66,23 +68,27 @@ def main() -> None:
     parser.add_argument("--content", type=Path, default=ROOT / "examples" / "content.jpg")
     parser.add_argument("--style", type=Path, default=ROOT / "examples" / "style.jpg")
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--scales", type=int, default=None, help="--scales of the run (default: automatic)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--checkout", type=Path, default=ROOT, help="the engine checkout to time (default: this one)")
     parser.add_argument("--out", type=Path, required=True, help="path stem of the .json and .md written")
     args = parser.parse_args()
     checkout = args.checkout.resolve()
-    measure(checkout, args.content.resolve(), args.style.resolve(), args.size)  # graphs built, model verified
-    runs = [measure(checkout, args.content.resolve(), args.style.resolve(), args.size) for _ in range(args.repeats)]
+    sources = (checkout, args.content.resolve(), args.style.resolve(), args.size, args.scales)
+    measure(*sources)  # graphs built, model verified
+    runs = [measure(*sources) for _ in range(args.repeats)]
     commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     medians = {key: statistics.median(r[key] for r in runs) for key in ("imports_s", "ready_s", "first_eval_done_s",
                                                                        "other_cpu_share")}
     result = {"checkout_commit": commit, "content": str(args.content), "style": str(args.style), "size": args.size,
+              "scales": args.scales,
               "cpus": os.cpu_count(), "repeats": args.repeats, "medians": medians, "runs": runs}
     Path(f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
     width, height = runs[0]["size"]
     Path(f"{args.out}.md").write_text(
-        f"`nst stylize --size {args.size}` with no tuning flags (init {runs[0]['init']}), its first evaluation at "
+        f"`nst stylize --size {args.size}{'' if args.scales is None else f' --scales {args.scales}'}` with no other "
+        f"tuning flags (init {runs[0]['init']}), its first evaluation at "
         f"{width}x{height} px, engine at {commit}, "
         f"{os.cpu_count()} CPUs; seconds from a fresh process's start, median of {args.repeats}:\n\n"
         "| imports done | ready (first evaluation starts) | first evaluation done | others' CPU |\n|---|---|---|---|\n"
