@@ -263,7 +263,8 @@ def stylize(
     cuda_graph: Annotated[bool, _opt(RUNTIME, "On CUDA, replay each evaluation as a captured CUDA graph "
                                      "(default: on).")] = True,
     winograd: Annotated[Optional[bool], _opt(
-        RUNTIME, "Winograd convolutions in VGG blocks 3-5 (F(4,3) in 3-4, F(2,3) in 5): fewer multiplications, CPU only "
+        RUNTIME, "Winograd convolutions in VGG blocks 3-5 (F(4,3) in 3-4, F(2,3) in 5): fewer "
+        "multiplications, CPU only "
         "(default: on when running on the CPU).", "--winograd/--no-winograd")] = None,
     models_dir: ModelsDir = None,
 ):
