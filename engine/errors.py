@@ -4,6 +4,10 @@
 class EngineError(Exception):
     """Base class for every error the engine raises on purpose."""
 
+    def __str__(self) -> str:
+        # One line whatever the message quotes: a newline or tab in a user's path or value shows escaped.
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in super().__str__())
+
 
 class WeightsError(EngineError):
     """A weights file is missing, of the wrong kind, or does not hold a VGG."""

@@ -129,6 +129,12 @@ ROWS = [
     # ---- images
     Row("content-missing", lambda e: stylize(e, content=e.tmp / "nope.jpg"),
         r"cannot read image .*nope\.jpg.*no such file"),
+    # A newline in a path (or any control character) is shown escaped: the message stays one line.
+    Row("content-missing-with-a-newline-in-its-name", lambda e: stylize(e, content=e.tmp / "two\nlines.jpg"),
+        r"cannot read image .*two\\nlines\.jpg.*no such file"),
+    Row("api-style-missing-with-a-tab-in-its-name", lambda e: lambda: StyleTransfer(
+        TransferConfig(size=32), models_dir=e.models).run(CONTENT, e.tmp / "a\tb.jpg", output=e.out / "cat.png"),
+        r"cannot read image .*a\\tb\.jpg.*no such file"),
     Row("content-is-a-folder", lambda e: stylize(e, content=e.tmp), r"cannot read image .*it is a folder"),
     Row("content-is-text", lambda e: stylize(e, content=e.file("notes.jpg", "hello")),
         r"notes\.jpg.*not an image file"),
