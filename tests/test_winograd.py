@@ -119,14 +119,15 @@ def test_winograd_loss_graph_keeps_one_transformed_weight_tensor_per_layer_and_n
             (k, c) = synthetic_weights.layers[f"block{block}_conv{n}"][0].shape[:2]
             assert list(names[lossgrad.winograd_weights(kernel)].dims) == [(m + 2) ** 2, k, c]
     assert "block2_conv2/kernel" in names  # blocks 1-2 stay direct
-    # Every Winograd layer's transform feeds both its forward and its input-gradient MatMul.
+    # Every Winograd layer's transform feeds both its forward and its input-gradient product (U read
+    # transposed: ONNX Runtime's FusedMatMul).
     users = {}
     for node in model.graph.node:
         for name in node.input:
             users.setdefault(name, []).append(node.op_type)
     for name in names:
         if name.endswith("/winograd"):
-            assert users[name] == ["MatMul", "MatMul"], name
+            assert users[name] == ["MatMul", "FusedMatMul"], name
 
 
 def test_memory_estimate_counts_one_transformed_weight_tensor_and_the_tiles(synthetic_weights):

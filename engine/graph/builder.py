@@ -73,7 +73,9 @@ class GraphBuilder:
 
     def model(self, graph_name: str, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+        domains = sorted({node.domain for node in self.nodes if node.domain})  # e.g. ONNX Runtime's com.microsoft
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)] +
+                                  [helper.make_opsetid(domain, 1) for domain in domains],
                                   producer_name="nst-engine", ir_version=IR_VERSION)
         if metadata:
             helper.set_model_props(model, metadata)

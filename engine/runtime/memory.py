@@ -80,7 +80,7 @@ def activation_peak(config: TransferConfig, width: int, height: int, winograd: b
     mask, the masked gradient and the input gradient, a max-pool step the incoming
     gradient and three input-sized tensors (mask, upsampled gradient, product). A Winograd
     F(m, 3) conv's input gradient also holds its tiles ((m+2)^2/m^2 times the gradient's
-    size, and a transposed copy) and their products (that much of the input, twice).
+    size) and their products (that much of the input).
     """
     maps = forward_maps(config, width, height)
     seeds = {m.name: 0 for m in maps}
@@ -97,7 +97,7 @@ def activation_peak(config: TransferConfig, width: int, height: int, winograd: b
         transient = 3 * m.elements + below if m.kind == "conv" else m.elements + 3 * below
         tile = _winograd(m, winograd)
         if tile:
-            transient += 2 * (tile + 2) ** 2 * (m.elements + below) // tile ** 2
+            transient += (tile + 2) ** 2 * (m.elements + below) // tile ** 2
         if alive + transient > peak:
             peak, where = alive + transient, f"backward of {m.name}"
     return peak, where
