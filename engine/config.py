@@ -174,7 +174,7 @@ class TransferConfig:
         for name in style_layers:
             _check_layer(self.convnet, "style_layers", name)
             if style_layers.count(name) > 1:
-                raise ConfigError(f"style layer {name!r} is listed twice: give each layer once")
+                raise ConfigError(f"style layer '{name}' is listed twice: give each layer once")
         put("style_layers", style_layers)
 
         style_weights = tuple(_weight("style_weights", w) for w in _as_tuple(self.style_weights))
@@ -196,7 +196,7 @@ class TransferConfig:
 
         put("init", str(self.init))
         if self.init not in {i.value for i in Init} and not Path(self.init).is_file():
-            raise ConfigError(f"init {self.init!r} is neither noise, content, style nor an existing image file")
+            raise ConfigError(f"init '{self.init}' is neither noise, content, style nor an existing image file")
         if self.style_blend is not None:
             blend = tuple(_weight("style_blend", w) for w in _as_tuple(self.style_blend))
             if not sum(blend) > 0:
@@ -245,7 +245,7 @@ class TransferConfig:
                 raise ConfigError(f"{name} is empty: give one mask image per style image (or None)")
             for path in paths:
                 if not Path(path).is_file():
-                    raise ConfigError(f"{name}: mask {str(path)!r} is not an existing image file, check the path")
+                    raise ConfigError(f"{name}: mask '{path}' is not an existing image file, check the path")
             put(name, paths)
         if self.style_masks is not None:
             if self.content_masks is None:

@@ -42,6 +42,6 @@ def preset_config(name: str, **overrides: Any) -> TransferConfig:
     preset's value.
     """
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset '{name}': choose one of {', '.join(PRESETS)}")
     given = {key: value for key, value in overrides.items() if value is not None}
     return TransferConfig(**{**PRESETS[name], **given})

@@ -36,7 +36,7 @@ class ConvLayer:
 
 def check_architecture(arch: str) -> str:
     if arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown network {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+        raise ConfigError(f"unknown network '{arch}': choose one of {', '.join(ARCHITECTURES)}")
     return arch
 
 
@@ -69,7 +69,7 @@ def conv_layer(arch: str, name: str) -> ConvLayer:
         if layer.name == name:
             return layer
     raise ConfigError(
-        f"unknown layer {name!r} for {arch}: valid layers are {', '.join(conv_layer_names(arch))}"
+        f"unknown layer '{name}' for {arch}: valid layers are {', '.join(conv_layer_names(arch))}"
     )
 
 
