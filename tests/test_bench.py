@@ -13,6 +13,8 @@ from benchmarks.report import markdown, result_stem, write_results
 from engine.runtime.memory import estimate_eval_bytes, eval_memory_breakdown
 from engine.errors import ConfigError
 
+from test_loss_graph import SEED_STYLE_LAYERS, synthetic_weights  # noqa: F401 (fixture)
+
 
 def one_layer_config() -> TransferConfig:
     return TransferConfig(content_layer="block1_conv1", style_layers=("block1_conv1",), style_weights=(1.0,))
@@ -251,3 +253,31 @@ def test_nst_bench_refuses_bad_sizes_before_measuring_anything(tmp_path, vgg16_o
     line = error_line(CliRunner().invoke(app, [*common, "--sizes", "128,16"]))
     assert "too small for the deepest chosen layer" in line
     assert written(out) == []
+
+
+def test_time_by_part_puts_every_kernel_of_a_profiled_winograd_loss_graph_in_its_part(tmp_path, synthetic_weights):
+    import onnxruntime as ort
+    from benchmarks.time_by_part import DIRECT, GRAMS, REST, WINOGRAD, engine_part, kernel_events
+    from engine.graph import lossgrad
+    from engine.models.export import feature_graph
+
+    choice = lossgrad.LayerChoice("block4_conv2", SEED_STYLE_LAYERS, winograd=True)
+    model = lossgrad.build_loss_graph(feature_graph(synthetic_weights), choice)
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / "profile")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.ones([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in session.get_inputs()}
+    feeds["image"] = np.random.default_rng(0).uniform(-100, 100, (1, 3, 48, 64)).astype(np.float32)
+    feeds[lossgrad.CONTENT_TARGET] = np.zeros((1, 512, 6, 8), np.float32)
+    session.run(None, feeds)
+    parts: dict[str, list[str]] = {}
+    for op, shapes, _ in kernel_events(session.end_profiling()):
+        parts.setdefault(engine_part(op, shapes, image_width=64), []).append(op)
+    # Blocks 1-2 direct: 4 forward convs, 4 input gradients (the image's a ConvTranspose).
+    assert sorted(parts[DIRECT.format(1)] + parts[DIRECT.format(2)]) == ["Conv"] * 7 + ["ConvTranspose"]
+    # One Gram and one gradient (a 1x1 conv) per style layer.
+    assert sorted(parts[GRAMS]) == ["Conv"] * 5 + ["FusedMatMul"] * 5
+    # 7 Winograd layers forward and back: each a transform, a product, an output transform, DepthToSpace.
+    assert parts[WINOGRAD].count("DepthToSpace") == 14
+    assert sum(op in ("MatMul", "FusedMatMul") for op in parts[WINOGRAD]) == 28
+    assert not {"Conv", "ConvTranspose", "MatMul", "FusedMatMul", "DepthToSpace"} & set(parts[REST])
