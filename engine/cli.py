@@ -264,8 +264,7 @@ def stylize(
                                      "(default: on).")] = True,
     winograd: Annotated[Optional[bool], _opt(
         RUNTIME, "Winograd convolutions in VGG blocks 3-5 (F(4,3) in 3-4, F(2,3) in 5): fewer "
-        "multiplications, CPU only "
-        "(default: on when running on the CPU).", "--winograd/--no-winograd")] = None,
+        "multiplications, CPU only (default: on when running on the CPU).", "--winograd/--no-winograd")] = None,
     models_dir: ModelsDir = None,
 ):
     """Paint CONTENT in the style of STYLE (Gatys et al.), as the seed's style_transfer does."""

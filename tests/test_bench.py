@@ -3,6 +3,9 @@ the result writers, and the PyTorch reference loss (skipped without torch). No t
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,3 +284,13 @@ def test_time_by_part_puts_every_kernel_of_a_profiled_winograd_loss_graph_in_its
     assert parts[WINOGRAD].count("DepthToSpace") == 14
     assert sum(op in ("MatMul", "FusedMatMul") for op in parts[WINOGRAD]) == 28
     assert not {"Conv", "ConvTranspose", "MatMul", "FusedMatMul", "DepthToSpace"} & set(parts[REST])
+
+
+def test_time_by_part_refuses_an_impossible_setting_with_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "parts.md"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.time_by_part", "256", "0", "--out", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith("the evaluations at least 1")
+    assert "Traceback" not in done.stderr
+    assert not out.exists()
