@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -159,15 +160,54 @@ def test_a_job_no_node_can_hold_is_refused(cluster, jobs_path, engine_options, t
     assert not out.exists()
 
 
-def test_an_unreachable_cluster_is_one_config_error(monkeypatch):
+def _refuse_init(**kwargs):
+    raise AssertionError("ray.init must not be called for an address that cannot be reached")
+
+
+def test_an_address_nothing_listens_on_is_one_line_at_once(monkeypatch):
+    """Ray itself waits minutes for an unreachable address (printing C++ warnings): the engine
+    tries the port first and says so in one line, without starting Ray."""
+    from engine.batch.ray_runner import REACH_SECONDS, join_cluster
+
+    with socket.socket() as probe:  # a port nothing listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", _refuse_init)
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        tick = time.perf_counter()
+        with pytest.raises(ConfigError) as caught:
+            join_cluster(address)
+        assert time.perf_counter() - tick < REACH_SECONDS
+        message = str(caught.value)
+        assert message.startswith(f"cannot reach the Ray cluster at '{address}' (connection refused)")
+        assert "\n" not in message
+    with pytest.raises(ConfigError, match="'head' is not a Ray cluster address: give auto, host:6379"):
+        join_cluster("head")
+
+
+def test_a_cluster_that_refuses_to_join_is_one_config_error(monkeypatch):
+    """A port that answers but a Ray that will not join (a wrong service, token authentication):
+    Ray's reason, on one line, with what to check."""
     from engine.batch.ray_runner import join_cluster
 
-    def unreachable(**kwargs):
-        raise ConnectionError("could not connect to GCS at 10.0.0.9:6379")
+    def refused(**kwargs):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}\n(details)")
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", unreachable)
-    with pytest.raises(ConfigError) as caught:
-        join_cluster("10.0.0.9:6379")
+    monkeypatch.setattr(ray, "init", refused)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = "127.0.0.1:%d" % listener.getsockname()[1]
+        with pytest.raises(ConfigError) as caught:
+            join_cluster(address)
     message = str(caught.value)
-    assert "cannot join the Ray cluster at '10.0.0.9:6379'" in message and "\n" not in message
+    assert message.startswith(f"cannot join the Ray cluster at '{address}': Failed to connect to Ray cluster")
+    assert "RAY_AUTH_MODE=token" in message and "\n" not in message
+    # auto with no cluster on this machine: what to start, not Ray's advice about its own --address flag.
+    monkeypatch.setattr(ray, "init", lambda **kwargs: (_ for _ in ()).throw(
+        ConnectionError("Could not find any running Ray instance.")))
+    with pytest.raises(ConfigError, match="no running Ray cluster found on this machine for --ray-address auto: "
+                                          "start one"):
+        join_cluster("auto")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +29,11 @@ from ..run.records import checkpoint_path, record_path
 from .runner import Outcome, Reporter, Work, run_job
 from .state import JobStatus
 
-INSTALL_HINT = "--ray needs Ray: pip install -e '.[ray]' (or pip install 'ray==2.60.0')"
+INSTALL_HINT = "--ray needs Ray: pip install -e '.[ray]' (or pip install 'ray[client]==2.60.0')"
+ADDRESS_FORMS = "auto, host:6379 or ray://host:10001"
+# How long a cluster address may take to accept a connection: Ray itself waits minutes for an
+# unreachable one, printing C++ warnings, before it gives up.
+REACH_SECONDS = 5.0
 
 
 def import_ray():
@@ -45,12 +50,36 @@ def join_cluster(address: str | None):
     process already has one; a ConfigError line when the cluster cannot be reached."""
     ray = import_ray()
     if not ray.is_initialized():
+        if address not in (None, "auto"):
+            check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except Exception as exc:  # Ray raises ConnectionError, ValueError, RuntimeError ... by cause
-            raise ConfigError(f"cannot join the Ray cluster at {address!r}: {exc}; check the address "
-                              "(auto, host:6379 or ray://host:10001)") from None
+            if address == "auto" and isinstance(exc, ConnectionError):
+                raise ConfigError("no running Ray cluster found on this machine for --ray-address auto: start "
+                                  "one (ray start --head) or give the cluster's address (host:6379 or "
+                                  "ray://host:10001)") from None
+            reason = " ".join(str(exc).split())
+            raise ConfigError(f"cannot join the Ray cluster at {address!r}: {reason}; check the address "
+                              f"({ADDRESS_FORMS}), and for a cluster with token authentication (what `ray start` "
+                              "sets up) set RAY_AUTH_MODE=token") from None
     return ray
+
+
+def check_reachable(address: str, seconds: float = REACH_SECONDS) -> None:
+    """A ConfigError line unless ``address`` (host:port or ray://host:port) names a port that
+    accepts a connection within ``seconds``."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # an IPv6 host is written [::1]:6379
+    if not host or not port.isdigit():
+        raise ConfigError(f"{address!r} is not a Ray cluster address: give {ADDRESS_FORMS}")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as exc:
+        reason = "no answer within {:g} s".format(seconds) if isinstance(exc, TimeoutError) else \
+            (exc.strerror or str(exc)).lower()
+        raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({reason}): check that it runs and "
+                          f"the address ({ADDRESS_FORMS})") from None
 
 
 class RayRunner:
