@@ -184,6 +184,6 @@ def test_cli_batch_ray_without_ray_says_how_to_install(inputs, tmp_path, models_
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     jobs_path = _jobs_file(inputs, ["cat.png,starry.png,a.png,32,2,3,0,,,"])
     result = CliRunner().invoke(app, ["batch", str(jobs_path), "-o", str(tmp_path / "out"), "--ray"])
-    assert error_line(result) == "error: --ray needs Ray: pip install -e '.[ray]' (or pip install 'ray==2.60.0')"
+    assert error_line(result) == "error: --ray needs Ray: pip install -e '.[ray]' (or pip install 'ray[client]==2.60.0')"
     assert not (tmp_path / "out").exists()
 

@@ -1,8 +1,11 @@
 """The long-lived Engine: sessions and graphs shared by runs, threads, cancelling."""
 from __future__ import annotations
 
+import gc
 import json
 import threading
+import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +59,39 @@ def test_the_second_run_with_the_same_layers_opens_no_session_and_builds_no_grap
     # Another layer choice gets graphs and sessions of its own.
     eng.run(tiny_config(content_layer="block3_conv2"), CONTENT, STYLE, tmp_path / "c.png")
     assert (len(counted["sessions"]), len(counted["graphs"])) == (opened + 3, looked_up + 1)
+
+
+def test_an_engine_keeps_the_sessions_of_its_last_two_layer_choices_only(models_dir, tmp_path, counted):
+    """A long-lived engine fed many layer choices (a server's jobs) lets go of the oldest one's
+    sessions, so its memory stays bounded; the choices it keeps open no session again."""
+    eng = cpu_engine(models_dir)
+    choices = [tiny_config(content_layer=layer) for layer in ("block3_conv2", "block3_conv1", "block2_conv2")]
+    eng.run(choices[0], CONTENT, STYLE)
+    first_loss = weakref.ref(eng._session("loss", choices[0]))
+    eng.run(choices[1], CONTENT, STYLE)
+    eng.run(choices[0], CONTENT, STYLE)   # used again: now the most recent
+    opened = len(counted["sessions"])
+    assert opened == 6
+    eng.run(choices[2], CONTENT, STYLE)   # a third: choices[1]'s sessions are let go
+    eng.run(choices[0], CONTENT, STYLE)
+    assert len(counted["sessions"]) == opened + 3
+    assert first_loss() is not None       # still open: kept, not reopened
+    eng.run(choices[1], CONTENT, STYLE)   # let go of before: opened again, and choices[2]'s let go
+    assert len(counted["sessions"]) == opened + 6
+    eng.run(choices[2], CONTENT, STYLE)   # ... and choices[0]'s now
+    gc.collect()
+    assert first_loss() is None           # closed: its weights and arena freed
+
+
+def test_graphs_removed_from_the_cache_by_another_process_are_built_again(models_dir, tmp_path, counted):
+    eng = cpu_engine(models_dir)
+    config = tiny_config(content_layer="block3_conv3", init="content")   # the content graph is not opened
+    eng.run(config, CONTENT, STYLE)
+    graphs = eng.graphs(config)
+    graphs.content.unlink()   # as another process's trim_cache would
+    result = eng.run(replace(config, init="noise"), CONTENT, STYLE)
+    assert result.status == "finished" and graphs.content.is_file()
+    assert len(counted["graphs"]) == 2
 
 
 def test_a_run_loads_each_image_once(models_dir, tmp_path, monkeypatch):

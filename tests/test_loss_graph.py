@@ -17,6 +17,7 @@ import pytest
 
 import loss_reference as ref
 import vgg_reference
+from engine.errors import GraphCacheError
 from engine.io import images
 from engine.models.export import export, feature_graph
 from engine.graph import lossgrad
@@ -294,7 +295,7 @@ def test_graph_cache_second_call_reuses_files_without_rebuilding(synthetic_model
     paths = (first.loss, first.content, first.style)
     assert all(path.is_file() for path in paths)
     assert first.loss.parent == synthetic_model.parent / "graphs"
-    mtimes = [path.stat().st_mtime_ns for path in paths]
+    before = [path.stat() for path in paths]
     time.sleep(0.01)
 
     def no_rebuild(*args, **kwargs):
@@ -305,7 +306,51 @@ def test_graph_cache_second_call_reuses_files_without_rebuilding(synthetic_model
     monkeypatch.setattr(lossgrad, "build_style_graph", no_rebuild)
     second = lossgrad.graph_paths(synthetic_model, choice)
     assert (second.loss, second.content, second.style) == paths
-    assert [path.stat().st_mtime_ns for path in paths] == mtimes
+    after = [path.stat() for path in paths]
+    assert [s.st_ino for s in after] == [s.st_ino for s in before]  # the same files (a rebuild replaces them)
+    # ... marked as just used, for the cache's trimming.
+    assert all(a.st_mtime_ns > b.st_mtime_ns for a, b in zip(after, before))
+
+
+def _choice_files(graphs: lossgrad.Graphs) -> set[str]:
+    return {graphs.content.name, graphs.style.name, graphs.loss.name}
+
+
+def test_the_graph_cache_keeps_to_its_limit_removing_the_least_recently_used(synthetic_model, monkeypatch):
+    graphs_dir = synthetic_model.parent / "graphs"
+    a = lossgrad.graph_paths(synthetic_model, LayerChoice("block2_conv1", ("block1_conv1",)))
+    one_choice = sum((graphs_dir / name).stat().st_size for name in _choice_files(a))
+    # Room for two choices of about this size (b and c differ from a in their style layers only).
+    monkeypatch.setattr(lossgrad, "graph_cache_limit", lambda: int(2.5 * one_choice))
+    time.sleep(0.01)
+    b = lossgrad.graph_paths(synthetic_model, LayerChoice("block2_conv1", ("block1_conv2",)))
+    time.sleep(0.01)
+    lossgrad.graph_paths(synthetic_model, LayerChoice("block2_conv1", ("block1_conv1",)))  # a: used again
+    time.sleep(0.01)
+    c = lossgrad.graph_paths(synthetic_model, LayerChoice("block2_conv1", ("block1_conv2", "block1_conv1")))
+    names = set(files_in(graphs_dir))
+    assert _choice_files(a) | _choice_files(c) <= names
+    assert not _choice_files(b) & names  # the least recently used
+    assert sum((graphs_dir / name).stat().st_size for name in names) <= 2.5 * one_choice
+    # A limit below one choice still keeps the choice being opened, whole.
+    monkeypatch.setattr(lossgrad, "graph_cache_limit", lambda: 0)
+    d = lossgrad.graph_paths(synthetic_model, LayerChoice("block3_conv1", ("block1_conv1",)))
+    assert set(files_in(graphs_dir)) == _choice_files(d)
+    # A file being written (atomic_path's temp name) is never removed.
+    writing = graphs_dir / f".{d.loss.name}.x1y2.tmp.onnx"
+    writing.write_bytes(b"half")
+    lossgrad.graph_paths(synthetic_model, LayerChoice("block3_conv2", ("block1_conv1",)))
+    assert writing.is_file()
+
+
+def test_the_graph_cache_limit_is_set_in_mib_by_nst_graph_cache_mb(monkeypatch):
+    monkeypatch.delenv(lossgrad.GRAPH_CACHE_ENV, raising=False)
+    assert lossgrad.graph_cache_limit() == 2048 << 20
+    monkeypatch.setenv(lossgrad.GRAPH_CACHE_ENV, "300")
+    assert lossgrad.graph_cache_limit() == 300 << 20
+    monkeypatch.setenv(lossgrad.GRAPH_CACHE_ENV, "2GB")
+    with pytest.raises(GraphCacheError, match="NST_GRAPH_CACHE_MB='2GB' is not a whole number of MiB"):
+        lossgrad.graph_cache_limit()
 
 
 def test_writing_a_graph_removes_the_graphs_of_other_graph_versions(synthetic_model, monkeypatch):

@@ -48,6 +48,9 @@ from .winograd import transformed_weights
 
 # Part of the cache key: bump it whenever the graphs this module builds change.
 GRAPH_VERSION = "7"
+# The derived graphs one cache folder may hold (see trim_cache), in MiB; the variable overrides it.
+GRAPH_CACHE_ENV = "NST_GRAPH_CACHE_MB"
+DEFAULT_GRAPH_CACHE_MB = 2048
 
 CONTENT_TARGET, CONTENT_WEIGHT, TV_WEIGHT = "content_target", "content_weight", "tv_weight"
 LOSS, CONTENT, TV, GRAD = "loss", "content", "tv", "grad"
@@ -284,8 +287,7 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
 
     The key holds the model's weights checksum, the layers, the pooling and
     GRAPH_VERSION, so a changed model or choice never reuses a stale graph. Writing
-    a graph removes the folder's graphs of other GRAPH_VERSIONs (40 MB or more each),
-    which no version of the engine after them reads.
+    a graph trims its folder (see ``trim_cache``); finding one marks it used.
     """
     meta = verified_metadata(model_path)  # the model unchanged since verified: read only to build a graph
     feature_model = None if meta else read_feature_model(model_path)
@@ -304,6 +306,7 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
         found = [folder / name for folder in folders if (folder / name).is_file()]
         if found:
             paths[kind] = found[0]
+            _touch(found[0])
             continue
         if feature_model is None:
             feature_model = read_feature_model(model_path)
@@ -314,7 +317,7 @@ def graph_paths(model_path: Path, choice: LayerChoice) -> Graphs:
                 f"cannot write the {kind} graph to {' or '.join(map(str, folders))} (not writable): "
                 "set XDG_CACHE_HOME to a writable folder, or copy the model into one and give it with --models-dir")
         paths[kind] = write_model(model, folder / name)
-        _remove_other_versions(folder)
+        trim_cache(folder, keep=set(names.values()))
     return Graphs(paths["content"], paths["style"], paths["loss"], tuple(pools(meta["architecture"], choice)), meta)
 
 
@@ -328,13 +331,59 @@ def _variant(choice: LayerChoice) -> dict[str, str]:
             **({"tileable": "true"} if choice.tileable else {})}
 
 
-def _remove_other_versions(folder: Path) -> None:
+def graph_cache_limit() -> int:
+    """The bytes of derived graphs a cache folder may hold: $NST_GRAPH_CACHE_MB (default 2048) MiB."""
+    text = os.environ.get(GRAPH_CACHE_ENV, "").strip()
+    if not text:
+        return DEFAULT_GRAPH_CACHE_MB << 20
+    if not text.isdigit():
+        raise GraphCacheError(f"{GRAPH_CACHE_ENV}={text!r} is not a whole number of MiB: set it to e.g. 2048, "
+                              "or unset it for the default")
+    return int(text) << 20
+
+
+def trim_cache(folder: Path, keep: set[str]) -> None:
+    """Remove from ``folder`` the graphs of other GRAPH_VERSIONs (no engine after them reads them), then
+    this version's least recently used ones until the rest fit in ``graph_cache_limit()``; never a
+    graph named in ``keep`` (the choice being opened) nor a file being written. Each layer choice
+    adds 100-240 MB of graphs (their weights included), so without a bound a server whose clients
+    choose layers, or a user trying many, would fill the disk. An engine that finds a graph
+    removed builds it again."""
+    limit = graph_cache_limit()
+    current = []
     for path in folder.glob("*.onnx"):
-        if path.name.endswith(_GRAPH_SUFFIXES) and f"-g{GRAPH_VERSION}-" not in path.name:
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:  # another user's file in a shared cache: theirs to remove
-                pass
+        if path.name.startswith(".") or not path.name.endswith(_GRAPH_SUFFIXES):
+            continue
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if f"-g{GRAPH_VERSION}-" not in path.name:
+            _remove(path)
+        else:
+            current.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in current)
+    for _, size, path in sorted(current):
+        if total <= limit:
+            break
+        if path.name not in keep and _remove(path):
+            total -= size
+
+
+def _remove(path: Path) -> bool:
+    try:
+        path.unlink(missing_ok=True)
+        return True
+    except OSError:  # another user's file in a shared cache: theirs to remove
+        return False
+
+
+def _touch(path: Path) -> None:
+    """Mark a cached graph as just used (its modification time), where the folder allows it."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def _writable(folder: Path) -> bool:

@@ -52,6 +52,10 @@ def _run_targets(session, outputs: list[str], x: np.ndarray, scales: dict[str, n
     return session.run(outputs, {INPUT_NAME: x, **{k: v for k, v in scales.items() if k in names}})
 
 
+# How many layer choices' graphs and sessions an engine keeps open (see Engine's docstring).
+KEEP_CHOICES = 2
+
+
 class Engine:
     """Models, graphs and ONNX Runtime sessions, shared by every run given to it.
 
@@ -71,6 +75,12 @@ class Engine:
     CUDA graph holds its run's buffer addresses: with ``cuda_graph`` on CUDA, each
     run's loss session is its own (opened per run, not shared). A ``Problem`` belongs
     to one thread at a time.
+
+    Memory: the graphs and sessions of the last ``KEEP_CHOICES`` layer choices (model, layers,
+    pooling, regions, tileable) stay open; an older choice's are let go (a loss session holds its
+    weights and an arena of a run's activations, ~300 MiB at 256 px), so a long-lived engine fed
+    many choices (a server's jobs) does not grow without bound. A run that still uses them keeps
+    them until it ends.
     """
 
     def __init__(self, models_dir: str | Path | None = None, provider: Provider | str = Provider.AUTO,
@@ -92,6 +102,7 @@ class Engine:
         self._models: dict[str, Path] = {}
         self._graphs: dict[tuple, lossgrad.Graphs] = {}
         self._sessions: dict[tuple, object] = {}
+        self._recent: dict[tuple, None] = {}  # the graphs' keys, least recently used first
 
     # -- what lives long ------------------------------------------------------------------
 
@@ -122,7 +133,30 @@ class Engine:
                                       len(config.content_masks or ()), config.tileable,
                                       self.winograd and not config.tileable)
         model = self.model(config.convnet)
-        return self._once(self._graphs, (model, choice), lambda: lossgrad.graph_paths(model, choice))
+        key = (model, choice)
+        graphs = self._once(self._graphs, key, lambda: lossgrad.graph_paths(model, choice))
+        if not all(path.is_file() for path in (graphs.content, graphs.style, graphs.loss)):
+            # Another process trimmed the graph cache since: find (or build) them again.
+            with self._lock:
+                self._graphs.pop(key, None)
+            graphs = self._once(self._graphs, key, lambda: lossgrad.graph_paths(model, choice))
+        self._used(key)
+        return graphs
+
+    def _used(self, key: tuple) -> None:
+        """Mark the graphs of ``key`` as just used; let go of the least recently used beyond KEEP_CHOICES."""
+        with self._lock:
+            self._recent.pop(key, None)
+            self._recent[key] = None
+            stale = list(self._recent)[:-KEEP_CHOICES]
+            for old in stale:
+                del self._recent[old]
+                graphs = self._graphs.pop(old, None)
+                paths = {graphs.content, graphs.style, graphs.loss} if graphs else set()
+                for session_key in [k for k in self._sessions if k[1] in paths]:
+                    del self._sessions[session_key]
+        if stale:
+            release_freed_memory()
 
     def _session(self, kind: str, config: TransferConfig):
         """A session on the model ("features") or one of its graphs, opened once per engine (a
