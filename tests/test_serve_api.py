@@ -172,6 +172,9 @@ def test_a_restarted_server_lists_its_history_and_resumes_an_interrupted_job(ser
     for image in (folder / "inputs").iterdir():
         (target / "inputs" / image.name).write_bytes(image.read_bytes())
     (target / "job.json").write_text(json.dumps({**state, "id": crashed, "status": "running"}))
+    # ... and its events log ends in a line the crash cut short.
+    lines = (folder / "events.jsonl").read_text().splitlines()[:3]
+    (target / "events.jsonl").write_text("\n".join(lines) + '\n{"id": 4, "event": "evalu')
 
     restarted = JobBoard(board.root.parent, lambda: shared_runner(server.settings.models_dir))
     assert {finished[0], crashed} <= {j["id"] for j in restarted.list()}
@@ -188,6 +191,13 @@ def test_a_restarted_server_lists_its_history_and_resumes_an_interrupted_job(ser
             assert time.monotonic() < deadline, restarted.summary(crashed)
             time.sleep(0.05)
         assert (target / "output" / "result.png").is_file()
+        # The cut line was dropped at the restart, so every event written since can be read: the
+        # interruption found at the restart (4), then the resumed run's, numbered on.
+        events = restarted.events_after(crashed, 0)[0]
+        assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+        assert [e["event"] for e in events[3:5]] == ["interrupted", "queued"] and events[-1]["event"] == "finished"
+        assert [json.loads(line)["id"] for line in (target / "events.jsonl").read_text().splitlines()] == \
+            [e["id"] for e in events]
     finally:
         restarted.stop()
         restarted.delete(crashed)
@@ -266,10 +276,13 @@ def test_a_resumed_job_continues_from_its_last_finished_iteration(tmp_path, mode
         assert board.summary(job.id)["snapshots"] == [1]
         board.resume(job.id)
         _wait(board, job.id, "finished")
-        started = [e["data"] for e in job.events if e["event"] == "started"]
+        events = board.events_after(job.id, 0)[0]
+        started = [e["data"] for e in events if e["event"] == "started"]
         assert [s["resumed_from"] for s in started] == [None, 1]
-        iterations = [e["data"]["iteration"] for e in job.events if e["event"] == "iteration"]
+        iterations = [e["data"]["iteration"] for e in events if e["event"] == "iteration"]
         assert iterations == [1, 2, 3]  # iteration 1 was not run twice
+        # A job that ended keeps its events on disk only: a server's memory does not grow with its history.
+        assert board.get(job.id).events is None and events[-1]["event"] == "finished"
         assert board.summary(job.id)["snapshots"] == [1, 2, 3]
         record = json.loads((job.folder / "output" / "result.json").read_text())
         assert record["status"] == "finished" and len(record["iterations"]) == 3

@@ -96,9 +96,9 @@ def test_cancel_stops_a_ray_job_which_resume_continues(server):
     server.wait_for(job_id, lambda job: job["status"] == "running" and job["iteration"] > done)
     server.http.post(f"api/jobs/{job_id}/cancel")
     server.wait(job_id, ("cancelled",), timeout=20)
-    started = [e["data"] for e in server.board.get(job_id).events if e["event"] == "started"]
+    started = [e["data"] for e in server.board.events_after(job_id, 0)[0] if e["event"] == "started"]
     assert [s["resumed_from"] for s in started] == [None, done]
-    iterations = [e["data"]["iteration"] for e in server.board.get(job_id).events if e["event"] == "iteration"]
+    iterations = [e["data"]["iteration"] for e in server.board.events_after(job_id, 0)[0] if e["event"] == "iteration"]
     assert iterations == list(range(1, len(iterations) + 1))  # it went on from where it stopped
 
 
@@ -108,7 +108,7 @@ def test_a_killed_ray_worker_is_replaced_and_the_job_continues(server):
 
     def on_event(kind, data):
         if kind == "iteration" and data["iteration"] == 2 and not killed:
-            os.kill(_pid(server.board.get(job_id).events), signal.SIGKILL)
+            os.kill(_pid(server.board.events_after(job_id, 0)[0]), signal.SIGKILL)
             killed.append(data["iteration"])
 
     events = _events(server, job_id, on_event)

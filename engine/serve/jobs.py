@@ -72,7 +72,10 @@ class Job:
     loss: float | None = None
     error: str | None = None
     snapshots: list[int] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    # Its events while queued or running (a stream polls them); None when inactive: then only in
+    # events.jsonl, so a server's memory does not grow with its history (~200 events per job).
+    events: list[dict[str, Any]] | None = field(default=None, repr=False)
+    event_count: int = 0
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     interrupt: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -160,12 +163,14 @@ class JobBoard:
                 job = Job(folder=folder, **{k: state[k] for k in Job.STATE})
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # a folder that was never a complete job (crash while creating it)
-            job.events = _read_events(folder / "events.jsonl")
+            events = _read_events(folder / "events.jsonl", repair=True)
+            job.event_count = len(events)
             self._jobs[job.id] = job
             if job.status == RUNNING:
                 job.error = STOPPED_WHILE_RUNNING
                 self._finish(job, INTERRUPTED)
             elif job.status == QUEUED:
+                job.events = events
                 self._queue.append(job.id)
 
     # -- the API's verbs -------------------------------------------------------------------
@@ -185,7 +190,8 @@ class JobBoard:
         for name, image in [("content", content)] + [(f"style-{k}", s) for k, s in enumerate(styles, 1)]:
             image.save(inputs / f"{name}.png", format="PNG")
         job = Job(id=job_id, folder=folder, params=params, config=config.to_dict(), styles=len(styles),
-                  created=time.time(), iterations=iterations, total_evaluations=iterations * config.maxfun)
+                  created=time.time(), iterations=iterations, total_evaluations=iterations * config.maxfun,
+                  events=[])
         atomic_write_text(staging / "params.json", json.dumps(params, indent=2) + "\n")
         atomic_write_text(staging / "job.json", json.dumps(job.state(), indent=2) + "\n")
         staging.rename(folder)  # the job appears whole or not at all
@@ -230,7 +236,8 @@ class JobBoard:
         """The job's events numbered above ``last``, and whether the job is still queued or running."""
         job = self.get(job_id)
         with self._lock:
-            return [e for e in job.events if e["id"] > last], job.status in ACTIVE
+            events = job.events if job.events is not None else _read_events(job.folder / "events.jsonl")
+            return [e for e in events if e["id"] > last], job.status in ACTIVE
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         job = self.get(job_id)
@@ -254,6 +261,7 @@ class JobBoard:
                                "can be resumed", 409)
             job.status, job.error, job.ended = QUEUED, None, None
             job.cancel, job.interrupt = threading.Event(), threading.Event()
+            job.events = _read_events(job.folder / "events.jsonl")
             self._queue.append(job_id)
             self._save(job)
             self._emit(job, "queued", {"position": self._queue.index(job_id), "resumed": True})
@@ -363,11 +371,14 @@ class JobBoard:
         if status == FINISHED:
             data["result"] = f"api/jobs/{job.id}/result"
         self._emit(job, status, data)
+        job.events = None  # inactive: its events stay in events.jsonl only
 
     def _emit(self, job: Job, kind: str, data: dict[str, Any]) -> None:
-        event = {"id": len(job.events) + 1, "event": kind,
+        job.event_count += 1
+        event = {"id": job.event_count, "event": kind,
                  "data": {"job": job.id, "status": job.status, "time": time.time(), **data}}
-        job.events.append(event)
+        if job.events is not None:
+            job.events.append(event)
         with open(job.folder / "events.jsonl", "a", encoding="utf-8") as log:
             log.write(json.dumps(event) + "\n")
 
@@ -380,14 +391,20 @@ def _snapshots(output: Path) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def _read_events(path: Path) -> list[dict[str, Any]]:
+def _read_events(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """The events of ``events.jsonl``. A line cut short by a crash ends them (nothing after it was
+    written then); ``repair`` rewrites the file without it, so events appended later can be read."""
     events = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                break  # a line cut short by a crash: what follows it was never written
+    if not path.is_file():
+        return events
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            break
+    if repair and len(events) < len(lines):
+        atomic_write_text(path, "".join(json.dumps(event) + "\n" for event in events))
     return events
 
 
