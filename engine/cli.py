@@ -28,10 +28,9 @@ from .run import signals
 from .run.records import record_path
 from .run.transfer import StyleTransfer
 from .runtime.sessions import probe_provider, versions
-from .batch.jobs import cross_jobs, read_jobs
+from .batch.jobs import STATE_NAME, cross_jobs, read_jobs
 from .batch.ray_runner import RayRunner
 from .batch.runner import LocalRunner, run_batch
-from .batch.state import STATE_NAME
 from .run.engine import Engine
 
 # The help panels every option sits in (rich_help_panel=).

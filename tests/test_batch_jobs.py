@@ -89,10 +89,58 @@ def test_unknown_columns_and_bad_json_name_their_line(folder):
         read_jobs(path, folder)
 
 
-def test_an_output_that_is_an_input_is_refused(folder):
-    with pytest.raises(ConfigError, match="is an input of the batch"):
-        read_jobs(_csv(folder, f"content,style,output\ncat.png,wave.png,{folder / 'dog.png'}\n"
-                               "dog.png,wave.png,\n"), folder)
+@pytest.mark.parametrize("header, rows, line, words", [
+    # An output, or any file its run writes, that is an input of the batch (content, style, init).
+    ("content,style,output", "cat.png,wave.png,{folder}/dog.png\ndog.png,wave.png,\n", 2,
+     ["its output", "dog.png would overwrite the content image of", "jobs.csv:3", "never overwritten"]),
+    ("content,style,output,init", "cat.png,wave.png,mine.jpg,\ncat.png,wave.png,b.png,out/mine.jpg\n", 2,
+     ["its output", "would overwrite the init image of", "jobs.csv:3"]),
+    ("content,style,output,iterations", "cat.png,wave.png,a.png,2\nout/a_at_iteration_2.png,wave.png,b.png,1\n", 2,
+     ["its snapshot 2", "a_at_iteration_2.png would overwrite the content image of", "jobs.csv:3"]),
+    # Two jobs' files, or a job's and the batch's own.
+    ("content,style,output", "cat.png,wave.png,x.png\ndog.png,wave.png,x.jpg\n", 3,
+     ["its run record", "x.json is also the run record of", "jobs.csv:2", "an output name of its own"]),
+    ("content,style,output", "cat.png,wave.png,batch.png\n", 2,
+     ["its run record", "batch.json is also the batch's state file"]),
+    ("content,style,output,sheet", "cat.png,wave.png,a_sheet.png,\ndog.png,wave.png,a.png,true\n", 3,
+     ["its sheet file", "a_sheet.png is also the output of", "jobs.csv:2"]),
+])
+def test_a_job_that_would_write_an_input_or_another_jobs_file_is_refused(folder, header, rows, line, words):
+    (folder / "out").mkdir()
+    _png(folder / "out" / "mine.jpg", 50)
+    _png(folder / "out" / "a_at_iteration_2.png", 60)
+    path = _csv(folder, header + "\n" + rows.format(folder=folder))
+    with pytest.raises(ConfigError) as error:
+        read_jobs(path, folder / "out")
+    message = str(error.value)
+    assert message.startswith(f"{path}:{line}: its "), message
+    for word in words:
+        assert word in message, message
+
+
+def test_only_the_files_a_job_asks_for_count(folder):
+    """No sheet, GIF, plot or tile preview asked for, no snapshot at that iteration: no clash."""
+    path = _csv(folder, "content,style,output,save_every,iterations\n"
+                        "cat.png,wave.png,a.png,2,3\n"
+                        "dog.png,wave.png,a_sheet.png,,\n"
+                        "dog.png,wave.png,a_at_iteration_1.png,,\n"
+                        "dog.png,wave.png,a_at_iteration_3.png,,\n")
+    assert len(read_jobs(path, folder / "out")) == 4
+    _csv(folder, "content,style,output,save_every,iterations\ncat.png,wave.png,a.png,2,3\n"
+                 "dog.png,wave.png,a_at_iteration_2.png,,\n")
+    with pytest.raises(ConfigError, match="jobs.csv:3: its output .*a_at_iteration_2.png is also the snapshot 2 of"):
+        read_jobs(path, folder / "out")
+
+
+def test_settings_a_run_would_refuse_are_refused_before_the_batch(folder):
+    """As nst stylize refuses them before any work: not after the jobs before them ran."""
+    for rows, line, words in [("cat.png,starry.png,64,,\ncat.png,wave.png,16,,\n", 3,
+                               "too small for the deepest chosen layer"),
+                              ('cat.png,starry.png,128,2,"1,1,1"\n', 2, "3 scale iteration counts for 2 scales")]:
+        path = _csv(folder, "content,style,size,scales,scale_iterations\n" + rows)
+        with pytest.raises(ConfigError, match=words) as error:
+            read_jobs(path, folder / "out")
+        assert str(error.value).startswith(f"{path}:{line}: "), str(error.value)
 
 
 def test_missing_or_empty_jobs_files_are_refused(folder):

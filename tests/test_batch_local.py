@@ -4,6 +4,8 @@ finished and resume what was cut short. Real VGG16 at 32 px, 2 iterations of 3 e
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from typer.testing import CliRunner
 
 import engine.run.engine as engine_module
 from conftest import error_line, written
-from engine import Engine, IterationDone
+from engine import Engine, IterationDone, RunError
 from engine.batch.jobs import read_jobs
 from engine.batch.runner import BatchStarted, JobEnded, JobStarted, LocalRunner, run_batch
 from engine.cli import app
@@ -147,6 +149,58 @@ def test_a_cancelled_or_interrupted_batch_resumes_where_it_stopped(inputs, tmp_p
     for name in ("b.png", "c.png"):
         record = json.loads((out / name).with_suffix(".json").read_text())
         assert [it["iteration"] for it in record["iterations"]] == [1, 2, 3]
+
+
+def test_a_job_started_over_drops_the_checkpoint_of_other_settings(inputs, tmp_path, models_dir):
+    """An interrupted job whose settings then change starts over; cut short before its first
+    iteration, the next run must not resume from the old settings' checkpoint (and fail)."""
+    out = tmp_path / "out"
+    jobs_path = _jobs_file(inputs, ["starry.png,cat.png,b.png,32,3,3,0,,,"])
+
+    def interrupt_after_one(event):
+        if isinstance(getattr(event, "event", None), IterationDone):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(jobs_path, out, models_dir, interrupt_after_one)
+    assert (out / "b_checkpoint.npz").is_file()
+    _jobs_file(inputs, ["starry.png,cat.png,b.png,32,4,3,0,,,"])  # 4 iterations now: another key
+
+    def interrupt_at_start(event):
+        if isinstance(event, JobStarted):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(jobs_path, out, models_dir, interrupt_at_start)
+    assert _state(out)["b.png"]["status"] == "interrupted" and not (out / "b_checkpoint.npz").exists()
+    summary, events = _run(jobs_path, out, models_dir)
+    assert summary.complete and [(e.name, e.resume) for e in events if isinstance(e, JobStarted)] == [("b.png", False)]
+    assert len(json.loads((out / "b.json").read_text())["iterations"]) == 4
+
+
+def test_one_batch_at_a_time_on_a_folder(inputs, tmp_path, models_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs_path = _jobs_file(inputs, ["cat.png,starry.png,a.png,32,1,3,0,,,"])
+    # Another batch (this live process, on this host) holds the folder.
+    (out / "batch.json.lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    with pytest.raises(RunError, match=r"batch.json is being written by another run .*batch.json.lock exists"):
+        _run(jobs_path, out, models_dir)
+    assert written(out) == ["batch.json.lock"]
+    # One whose process is gone: taken over, the batch runs, and lets go of the folder after.
+    (out / "batch.json.lock").write_text(f"{socket.gethostname()} 999999999\n")
+    summary, _ = _run(jobs_path, out, models_dir)
+    assert summary.complete and not (out / "batch.json.lock").exists()
+
+
+def test_cli_batch_output_folder_that_is_a_file_is_one_line(inputs, tmp_path, models_dir):
+    # Its jobs' outputs elsewhere (absolute paths): only the batch's own state goes to -o.
+    jobs_path = _jobs_file(inputs, [f"cat.png,starry.png,{tmp_path / 'a.png'},32,1,3,0,,,"])
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    result = CliRunner().invoke(app, ["batch", str(jobs_path), "-o", str(afile), "--models-dir", str(models_dir)])
+    assert error_line(result) == f"error: the output folder {afile} is a file: give a folder (-o)"
+    assert result.exit_code == 1 and afile.read_text() == "mine"
 
 
 def test_cli_batch_exit_status_says_whether_a_job_failed(inputs, tmp_path, models_dir):

@@ -94,6 +94,18 @@ def test_graphs_removed_from_the_cache_by_another_process_are_built_again(models
     assert len(counted["graphs"]) == 2
 
 
+def test_only_the_files_a_run_asks_for_are_checked_against_its_inputs(models_dir, tmp_path):
+    """A content photo cat.gif beside -o cat.png: refused only when a GIF of the snapshots is asked for."""
+    photo = tmp_path / "cat.gif"
+    Image.open(CONTENT).convert("RGB").save(photo)
+    before = photo.read_bytes()
+    eng = cpu_engine(models_dir)
+    assert eng.run(tiny_config(), photo, STYLE, tmp_path / "cat.png").status == "finished"
+    with pytest.raises(run_engine.RunError, match=r"the gif file .*cat\.gif would overwrite the content image"):
+        eng.run(tiny_config(gif=True), photo, STYLE, tmp_path / "cat.png")
+    assert photo.read_bytes() == before
+
+
 def test_a_run_loads_each_image_once(models_dir, tmp_path, monkeypatch):
     loaded = []
     real = run_engine.images.load_image

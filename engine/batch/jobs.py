@@ -24,7 +24,10 @@ from ..errors import ConfigError, EngineError
 from ..io import images
 from ..io.files import file_sha256
 from ..presets import preset_config
+from ..run.engine import scale_plan, sizes_for
+from ..run.outputs import lock_path, run_files, run_inputs
 
+STATE_NAME = "batch.json"  # OUTDIR/batch.json, see engine.batch.state
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Keys of a job besides TransferConfig's fields.
 JOB_KEYS = ("content", "style", "output", "preset")
@@ -40,6 +43,15 @@ class Job:
     output: Path
     config: TransferConfig
     line: int = 0
+    iterations: int = 0            # all its scales' together: its snapshots' numbers
+
+    def files(self) -> dict[str, Path]:
+        """Every file its run may write, by role."""
+        return run_files(self.output, self.config, self.iterations)
+
+    def inputs(self) -> dict[str, Path]:
+        """Every file its run reads, by role."""
+        return run_inputs(self.config, self.content, list(self.styles))
 
     @property
     def layer_choice(self) -> tuple:
@@ -151,12 +163,38 @@ def _validated(rows: list[tuple[int, dict[str, Any]]], source: Path | None, base
                               "give each job its own output")
         by_output[job.output.resolve()] = job
         jobs.append(job)
-    inputs = {p.resolve() for job in jobs for p in (job.content, *job.styles)}
-    for job in jobs:
-        if job.output.resolve() in inputs:
-            raise ConfigError(f"{source}:{job.line}: output '{job.output}' is an input of the batch: "
-                              "a user's file is never overwritten, choose another output")
+    _check_files(jobs, source, out_dir)
     return jobs
+
+
+def _check_files(jobs: list[Job], source: Path | None, out_dir: Path) -> None:
+    """ConfigError when a job would write one of the batch's inputs (any job's content, style, init
+    or mask), another job's file (x.png and x.jpg share x.json and their snapshots) or the batch's
+    own state: a user's file is never overwritten, and each record says what its own run did."""
+    def where(job: Job) -> str:
+        return f"{source}:{job.line}" if source else f"job {jobs.index(job) + 1} ({job.name})"
+
+    read = {}
+    for job in jobs:
+        for what, path in job.inputs().items():
+            read.setdefault(path.resolve(), (what, job))
+    written = {(out_dir / STATE_NAME).resolve(): ("state file", None),
+               lock_path(out_dir / STATE_NAME).resolve(): ("lock file", None)}
+    for job in jobs:
+        for role, path in job.files().items():
+            found = path.resolve()
+            if found in read:
+                what, other = read[found]
+                whose = what if other is job else f"{what} of {where(other)}"
+                raise ConfigError(f"{where(job)}: its {role} {path} would overwrite the {whose}: a user's file "
+                                  "is never overwritten, choose another output")
+            if found in written:
+                role_there, other = written[found]
+                owner = f"the batch's {role_there}" if other is None else f"the {role_there} of {where(other)}"
+                raise ConfigError(f"{where(job)}: its {role} {path} is also {owner}: give each job an output "
+                                  "name of its own (the name without its suffix names its record, snapshots and "
+                                  "checkpoint)")
+            written[found] = (role, job)
 
 
 def _job(line: int, row: dict[str, Any], base: Path, out_dir: Path) -> Job:
@@ -188,7 +226,12 @@ def _job(line: int, row: dict[str, Any], base: Path, out_dir: Path) -> Job:
         name = str(output.resolve().relative_to(out_dir.resolve()))
     except ValueError:
         name = str(output)
-    return Job(name, content, styles, output, config, line)
+    # What the run would refuse before its work, refused before the batch's (as nst stylize does).
+    with Image.open(content) as image:
+        content_size = image.size
+    sizes, per_scale = scale_plan(config, content_size)
+    sizes_for(config, content_size, sizes[-1])
+    return Job(name, content, styles, output, config, line, sum(per_scale))
 
 
 def _input(base: Path, value: Any, what: str) -> Path:

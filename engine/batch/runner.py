@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Union
 
-from ..errors import EngineError
+from ..errors import ConfigError, EngineError
 from ..run.engine import Engine
 from ..run.events import Evaluated, IterationDone, Prepared
+from ..run.outputs import OutputLock
 from ..run.records import checkpoint_path, record_path
-from .jobs import Job
+from .jobs import STATE_NAME, Job
 from .state import BatchState, JobStatus
 
 
@@ -122,19 +123,31 @@ def run_batch(jobs: list[Job], out_dir: str | Path, runner: Runner,
     and the batch goes on. ``cancel`` (a ``threading.Event``) stops the running job at its
     next evaluation (recorded ``cancelled``, resumable) and starts no other.
     KeyboardInterrupt marks the running jobs ``interrupted`` and is raised again.
+    One batch at a time runs on ``out_dir``: it holds ``batch.json.lock`` (a second one is
+    refused with one line; see engine.run.outputs.OutputLock).
     """
-    emit = callback or (lambda event: None)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"the output folder {out_dir} is a file: give a folder (-o)")
+    with OutputLock(out_dir / STATE_NAME):
+        return _run_batch(jobs, out_dir, runner, callback or (lambda event: None), cancel)
+
+
+def _run_batch(jobs: list[Job], out_dir: Path, runner: Runner, emit: Callable[[BatchEvent], None],
+               cancel) -> BatchSummary:
     started = time.perf_counter()
-    state = BatchState(Path(out_dir), jobs)
+    state = BatchState(out_dir, jobs)
     todo = [job for job in jobs if not state.finished(job)]
     groups: dict[tuple, int] = {}
     for job in todo:
         groups.setdefault(job.layer_choice, len(groups))
     todo.sort(key=lambda job: groups[job.layer_choice])  # stable: given order within a group
     work = [Work(job, _resumable(state, job)) for job in todo]
-    for item in work:  # a finished entry whose output went missing runs again
-        if state.entries[item.job.name].status == JobStatus.FINISHED.value:
+    for item in work:
+        if state.entries[item.job.name].status == JobStatus.FINISHED.value:  # its output went missing: again
             state.entries[item.job.name].status = JobStatus.PENDING.value
+        if not item.resume:  # starts over: an earlier attempt's checkpoint (maybe of other settings) goes
+            checkpoint_path(item.job.output).unlink(missing_ok=True)
     state.save()
     emit(BatchStarted(len(jobs), len(jobs) - len(work), len(work), sum(w.resume for w in work)))
     reporter = _Driver(state, work, emit, started)

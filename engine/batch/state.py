@@ -15,9 +15,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io.files import atomic_write_text
-from .jobs import Job
-
-STATE_NAME = "batch.json"
+from .jobs import STATE_NAME, Job
 
 
 class JobStatus(str, Enum):

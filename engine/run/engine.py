@@ -37,7 +37,7 @@ from . import checkpoints, regions
 from .checkpoints import Checkpoint
 from .events import Callback, Evaluated, IterationDone, Prepared
 from .optimize import Cancelled, loss_scale, optimize
-from .outputs import OutputLock, check_not_inputs, lock_path
+from .outputs import OutputLock, check_not_inputs, run_files, run_inputs
 from .problem import Problem, resize_x
 from .records import (RunStatus, TransferResult, checkpoint_path, record_path, snapshot_path, visual_paths,
                       write_record)
@@ -341,8 +341,8 @@ class Engine:
         for edge in sizes if cfg.content_masks else ():  # a thin region could vanish at a coarse scale
             regions.load_masks(cfg, sizes_for(cfg, content_image.size, edge if len(sizes) > 1 else cfg.size)[1])
         if output is not None:
-            files = _run_files(output, sum(per_scale))
-            check_not_inputs(files, _inputs(cfg, content, sources))
+            files = run_files(output, cfg, sum(per_scale))
+            check_not_inputs(files, run_inputs(cfg, content, sources))
         graphs = self.graphs(cfg)
         plan = _Plan(cfg, content_image, style_images, sizes, per_scale, output)
         with OutputLock(output) if output is not None else nullcontext() as lock:
@@ -689,19 +689,3 @@ def _finished(record: Path) -> bool:
         return False
 
 
-def _run_files(output: Path, iterations: int) -> dict[str, Path]:
-    """Every file a run on ``output`` may write, by role."""
-    files = {"output": output, "run record": record_path(output), "checkpoint": checkpoint_path(output),
-             "lock file": lock_path(output), **{f"{k} file": p for k, p in visual_paths(output).items()}}
-    files.update({f"snapshot {n}": snapshot_path(output, n) for n in range(1, iterations + 1)})
-    return files
-
-
-def _inputs(cfg: TransferConfig, content: ImageSource, sources: list[ImageSource]) -> dict[str, Path]:
-    inputs = {"content image": content, **{f"style image {i + 1}" if len(sources) > 1 else "style image": s
-                                           for i, s in enumerate(sources)}}
-    if cfg.init not in {i.value for i in Init}:
-        inputs["init image"] = cfg.init
-    for kind in ("content", "style"):
-        inputs.update({f"{kind} mask {i + 1}": p for i, p in enumerate(getattr(cfg, f"{kind}_masks") or ())})
-    return {what: Path(p) for what, p in inputs.items() if not isinstance(p, Image.Image)}

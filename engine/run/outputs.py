@@ -12,8 +12,35 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
+from PIL import Image
+
+from ..config import Init, TransferConfig
 from ..errors import RunError
+from .records import checkpoint_path, record_path, snapshot_path, visual_paths
+
+
+def run_files(output: Path, cfg: TransferConfig, iterations: int) -> dict[str, Path]:
+    """Every file a run of ``cfg`` on ``output`` (``iterations`` in all) may write, by role."""
+    visuals = visual_paths(output)
+    asked = {"sheet": cfg.sheet, "gif": cfg.gif, "plot": cfg.plot, "tiled": cfg.tile_preview}
+    files = {"output": output, "run record": record_path(output), "checkpoint": checkpoint_path(output),
+             "lock file": lock_path(output), **{f"{kind} file": visuals[kind] for kind in asked if asked[kind]}}
+    saved = range(cfg.save_every, iterations + 1, cfg.save_every) if cfg.save_every else ()
+    files.update({f"snapshot {n}": snapshot_path(output, n) for n in saved})
+    return files
+
+
+def run_inputs(cfg: TransferConfig, content: Any, sources: list) -> dict[str, Path]:
+    """The files a run reads, by role (images given as Pillow images are no files)."""
+    inputs = {"content image": content, **{f"style image {i + 1}" if len(sources) > 1 else "style image": s
+                                           for i, s in enumerate(sources)}}
+    if cfg.init not in {i.value for i in Init}:
+        inputs["init image"] = cfg.init
+    for kind in ("content", "style"):
+        inputs.update({f"{kind} mask {i + 1}": p for i, p in enumerate(getattr(cfg, f"{kind}_masks") or ())})
+    return {what: Path(p) for what, p in inputs.items() if not isinstance(p, Image.Image)}
 
 
 def check_not_inputs(files: dict[str, Path], inputs: dict[str, Path]) -> None:
