@@ -25,7 +25,7 @@ from .models.integrity import verified
 from .models.store import search_dirs
 from .presets import PRESETS, preset_config
 from .run import signals
-from .run.records import record_path
+from .run.records import checkpoint_path, record_path
 from .run.transfer import StyleTransfer
 from .runtime.sessions import probe_provider, versions
 from .batch.jobs import STATE_NAME, cross_jobs, read_jobs
@@ -294,8 +294,10 @@ def stylize(
         except KeyboardInterrupt:
             display.close()
             last = display.last_snapshot
-            record = (f"record {record_path(output_path(output))}, --resume continues" if display.prepared
-                      else "nothing written")
+            target = output_path(output)
+            record = ("nothing written" if not display.prepared else
+                      f"record {record_path(target)}, --resume continues" if checkpoint_path(target).exists() else
+                      f"record {record_path(target)}; no iteration finished, nothing to resume")
             typer.secho(f"interrupted: {'last snapshot ' + str(last) + ', ' if last else ''}{record}",
                         err=True, fg=typer.colors.YELLOW)
             raise typer.Exit(signals.exit_status()) from None

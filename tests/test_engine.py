@@ -186,4 +186,4 @@ def test_cancel_set_before_the_run_stops_it_before_any_work(models_dir, tmp_path
     events = []
     result = cpu_engine(models_dir).run(tiny_config(), CONTENT, STYLE, tmp_path / "cat.png", events.append, cancel)
     assert result.status == "cancelled" and events == [] and result.image.size == 0
-    assert files(tmp_path) == []
+    assert files(tmp_path) == [] and result.record is None   # no record claimed that was never written

@@ -164,3 +164,31 @@ def test_cli_resume_after_ctrl_c_ends_at_the_same_iteration_count(tmp_path, mode
     record = json.loads((tmp_path / "cat.json").read_text())
     assert record["status"] == "finished" and [it["iteration"] for it in record["iterations"]] == [1, 2, 3]
     assert record["resumed_after_iteration"] == finished
+
+
+def test_a_run_started_over_and_cut_short_claims_no_checkpoint(tmp_path, models_dir, monkeypatch):
+    """Ctrl-C before a new run's first iteration ends: its record and message say there is nothing to
+    resume, and the checkpoint of an earlier run with other settings is gone, not offered to --resume."""
+    real = run_engine.Problem.loss_and_grad
+    args = ["stylize", str(CONTENT), str(STYLE), "-o", str(tmp_path / "cat.png"), "--iterations", "3",
+            "--maxfun", "3", "--threads", "2", "--provider", "cpu", "--models-dir", str(models_dir)]
+
+    def in_the_second_iteration(self, x):
+        if (tmp_path / "cat_checkpoint.npz").exists():
+            raise KeyboardInterrupt
+        return real(self, x)
+
+    def at_once(self, x):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(run_engine.Problem, "loss_and_grad", in_the_second_iteration)
+        assert CliRunner().invoke(app, args + ["--size", "32"]).exit_code == 130
+        assert (tmp_path / "cat_checkpoint.npz").exists()
+        mp.setattr(run_engine.Problem, "loss_and_grad", at_once)
+        stopped = CliRunner().invoke(app, args + ["--size", "48"])
+    assert stopped.exit_code == 130
+    assert "no iteration finished, nothing to resume" in stopped.stderr and "--resume continues" not in stopped.stderr
+    record = json.loads((tmp_path / "cat.json").read_text())
+    assert record["status"] == "interrupted" and record["checkpoint"] is None and record["config"]["size"] == 48
+    assert not (tmp_path / "cat_checkpoint.npz").exists()

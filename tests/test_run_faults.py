@@ -121,8 +121,9 @@ def full_disk_at(monkeypatch, name: str, nth: int = 1) -> None:
                                          "cat_checkpoint.npz"]),
     ("cat.png", 1, "failed", ["cat.json", "cat_at_iteration_1.png", "cat_at_iteration_2.png",
                               "cat_checkpoint.npz"]),
-    ("cat.json", 1, None, ["cat.png", "cat_at_iteration_1.png", "cat_at_iteration_2.png"]),
-], ids=["snapshot", "checkpoint", "image", "record"])
+    ("cat.json", 1, None, ["cat.json"]),   # the record a run writes as it starts: it fails, recorded so
+    ("cat.json", 2, None, ["cat.png", "cat_at_iteration_1.png", "cat_at_iteration_2.png"]),
+], ids=["snapshot", "checkpoint", "image", "record-at-start", "record-at-end"])
 def test_a_full_disk_at_any_write_is_one_line_and_leaves_earlier_files_valid(
         tmp_path, models_dir, monkeypatch, name, nth, status, left):
     full_disk_at(monkeypatch, name, nth)

@@ -105,10 +105,14 @@ def test_a_second_ctrl_c_exits_at_once_and_quietly(tmp_path, models_dir):
 
 def test_kill_9_loses_at_most_the_iteration_in_progress(tmp_path, models_dir):
     output = tmp_path / "cat.png"
+    (tmp_path / "cat.json").write_text(json.dumps({"status": "finished", "config": {"size": 64}}))  # an earlier run's
     process = start(output, models_dir)
     wait_for_iteration(process, output, 3)
     process.kill()
     process.wait()
+    # The record is the killed run's from its start: not the earlier run's, whose snapshots it replaced.
+    record = json.loads((tmp_path / "cat.json").read_text())
+    assert record["status"] == "running" and record["config"]["size"] == 32
     kept = checkpoint_iteration(output)
     snapshots = [int(n.rsplit("_", 1)[1][:-4]) for n in names(tmp_path) if "_at_iteration_" in n]
     assert kept >= max(snapshots) - 1   # the snapshot of an iteration is written just before its checkpoint

@@ -9,7 +9,6 @@ session and builds no graph.
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import threading
 import time
@@ -39,8 +38,8 @@ from .events import Callback, Evaluated, IterationDone, Prepared
 from .optimize import Cancelled, loss_scale, optimize
 from .outputs import OutputLock, check_not_inputs, run_files, run_inputs
 from .problem import Problem, resize_x
-from .records import (RunStatus, TransferResult, checkpoint_path, record_path, snapshot_path, visual_paths,
-                      write_record)
+from .records import (RunStatus, TransferResult, checkpoint_path, record_path, record_status, snapshot_path,
+                      visual_paths, write_record)
 
 ImageSource = Union[str, Path, Image.Image]
 Styles = Union[ImageSource, Sequence[ImageSource]]
@@ -353,7 +352,7 @@ class Engine:
                 weights = graphs.model_metadata.get("weights_sha256")
                 fingerprint = checkpoints.fingerprint(cfg, content, sources, weights)
                 if resume:
-                    if not checkpoint_path(output).exists() and _finished(record_path(output)):
+                    if not checkpoint_path(output).exists() and record_status(record_path(output)) == RunStatus.FINISHED:
                         raise RunError(f"nothing to resume: the run on {output} finished (its record is "
                                        f"{record_path(output)}); run without --resume to make it again")
                     state = checkpoints.load(checkpoint_path(output), fingerprint)
@@ -428,6 +427,8 @@ class _Run:
             self.result.status = status.value
             if self.output is not None and self.problems:  # it started: a record says how it ended
                 self._end(status, error, failing)
+            else:  # ended before it started: nothing written, an earlier run's files as they were
+                self.result.record = None
         return self.result
 
     def _optimise_all(self) -> None:
@@ -447,6 +448,8 @@ class _Run:
             self.result.provider = problem.provider
             self.emit(Prepared(problem.shape[3], problem.shape[2], problem.provider, time.perf_counter() - tick,
                                index + 1, len(plan.sizes)))
+            if len(self.problems) == 1:
+                self._begin()
             done, self.basis = 0, None
             if state is not None and index == state.scale:
                 if state.x.shape != tuple(problem.shape):
@@ -466,6 +469,16 @@ class _Run:
         self._write_output(self.problems[-1], x)
         if self.output is not None:
             self._visual_records()
+
+    def _begin(self) -> None:
+        """The run has started: from now on the output's record and checkpoint are this run's. A run
+        that starts over removes an earlier run's checkpoint (maybe of other settings); the record
+        says running until the run ends, so a killed run's record never stands for an earlier one."""
+        if self.output is None:
+            return
+        if self.state is None:
+            self.checkpoint.unlink(missing_ok=True)
+        write_record(self.result.record, self._record(RunStatus.RUNNING, None))
 
     def _write_output(self, problem: Problem, x: np.ndarray) -> None:
         """The result's image from x, and the output file when there is one."""
@@ -680,12 +693,3 @@ def _style_fit(config: TransferConfig) -> int | None:
 
 def _name(source: ImageSource) -> str:
     return "<image>" if isinstance(source, Image.Image) else str(source)
-
-
-def _finished(record: Path) -> bool:
-    try:
-        return json.loads(record.read_text()).get("status") == RunStatus.FINISHED.value
-    except (OSError, ValueError, AttributeError):
-        return False
-
-

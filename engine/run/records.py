@@ -19,6 +19,7 @@ from .events import IterationDone
 
 
 class RunStatus(str, Enum):
+    RUNNING = "running"        # the record a run writes as it starts: a killed run's says so
     FINISHED = "finished"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
@@ -57,6 +58,14 @@ def visual_paths(output: Path) -> dict[str, Path]:
     """The optional visual records: contact sheet, GIF, loss curve, 2x2 tile preview."""
     return {"sheet": output.with_name(f"{output.stem}_sheet.png"), "gif": output.with_name(f"{output.stem}.gif"),
             "plot": output.with_name(f"{output.stem}_loss.png"), "tiled": output.with_name(f"{output.stem}_tiled.png")}
+
+
+def record_status(path: Path) -> str | None:
+    """The status a run record says (None: no readable record)."""
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def write_record(path: Path, record: dict) -> None:
