@@ -149,6 +149,12 @@ ROWS = [
         r"paint\.png.*(not an image|truncated or corrupt)"),
     Row("init-file-missing", lambda e: stylize(e, "--init", str(e.tmp / "start.png")),
         r"init .*start\.png.* neither noise, content, style nor an existing image file"),
+    Row("init-file-garbage", lambda e: stylize(e, "--init", str(e.file("start.png", b"not an image"))),
+        r"start\.png.*not an image file"),
+    Row("content-mask-over-the-pixel-limit",
+        lambda e: stylize(e, "--max-megapixels", "0.001", "--content-masks", str(e.image("mask.png", (40, 30))),
+                          content=e.image("small.png", (30, 20)), style=e.image("paint.png", (30, 20))),
+        r"mask .*mask\.png.*40x30 px is 0\.0012 megapixels, more than the limit of 0\.001"),
     # ---- options
     Row("size-below-16", lambda e: stylize(e, "--size", "8"), r"size must be at least 16"),
     Row("iterations-zero", lambda e: stylize(e, "--iterations", "0"), r"iterations must be at least 1"),

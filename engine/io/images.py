@@ -59,10 +59,10 @@ def load_image(path: str | os.PathLike, fit: int | None = None,
     if path.is_dir():
         raise error("it is a folder, not an image file")
     try:
-        with _quiet_pillow(), _open_unchecked(path) as image:
+        with _quiet_pillow(), open_unchecked(path) as image:
             width, height = image.size
             if width * height > max_megapixels * 1e6:
-                raise error(f"{width}x{height} px is {width * height / 1e6:.0f} megapixels, more than the limit of "
+                raise error(f"{width}x{height} px is {width * height / 1e6:.3g} megapixels, more than the limit of "
                             f"{max_megapixels:g}; raise it with --max-megapixels (max_megapixels) if that is meant")
             if fit and image.format == "JPEG" and width * height > _DRAFT_ABOVE_PIXELS:
                 image.draft(image.mode, (2 * fit, 2 * fit))
@@ -87,8 +87,8 @@ def _quiet_pillow() -> Iterator[None]:
 
 
 @contextmanager
-def _open_unchecked(path: Path) -> Iterator[Image.Image]:
-    """Image.open without Pillow's own decompression-bomb check: load_image applies its
+def open_unchecked(path: Path) -> Iterator[Image.Image]:
+    """Image.open without Pillow's own decompression-bomb check: load_image and masks.load_mask apply their
     documented limit instead (Pillow's warns from 89 MP, a size ordinary cameras reach)."""
     with _PILLOW_LIMIT:
         saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None

@@ -14,14 +14,22 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
+from . import images
 
 
-def load_mask(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+def load_mask(path: str | os.PathLike, size: tuple[int, int],
+              max_megapixels: float = images.MAX_MEGAPIXELS) -> np.ndarray:
     """The mask at ``path`` resized (bilinear, stretched if its proportions differ) to ``size``
-    = (width, height): float32 (height, width) in 0..1. Raises ImageError naming the file."""
+    = (width, height): float32 (height, width) in 0..1. A mask of more than ``max_megapixels`` is
+    refused before decoding, as images are. Raises ImageError naming the file."""
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with images.open_unchecked(path) as image:
+            width, height = image.size
+            if width * height > max_megapixels * 1e6:
+                raise ImageError(f"cannot read mask '{path}': {width}x{height} px is {width * height / 1e6:.3g} "
+                                 f"megapixels, more than the limit of {max_megapixels:g}; give a smaller mask (it is "
+                                 "resized to the image anyway) or raise --max-megapixels (max_megapixels)")
             image.load()
             values = _values(ImageOps.exif_transpose(image))
     except FileNotFoundError:

@@ -41,11 +41,11 @@ def load_masks(config: TransferConfig, size: tuple[int, int],
     (default: ``size``). ConfigError when a mask is empty or when the content masks together
     leave part of the image without a style: cheap, so a run checks them before any work."""
     style_sizes = style_sizes or [size] * len(config.content_masks)
-    content = [load_mask(path, size) for path in config.content_masks]
+    content = [load_mask(path, size, config.max_megapixels) for path in config.content_masks]
     for path, mask in zip(config.content_masks, content):
         _check_not_empty("content", path, mask)
     if config.style_masks:
-        styles = [load_mask(path, s) for path, s in zip(config.style_masks, style_sizes)]
+        styles = [load_mask(path, s, config.max_megapixels) for path, s in zip(config.style_masks, style_sizes)]
         for path, mask in zip(config.style_masks, styles):
             _check_not_empty("style", path, mask)
     else:
