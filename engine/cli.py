@@ -170,7 +170,7 @@ def stylize(
     style: Annotated[Optional[str], typer.Argument(
         metavar="STYLE", show_default=False,
         help="Style image; several comma-separated are blended (or give --style, once per file).")] = None,
-    output: Annotated[Path, _opt(OUTPUT, "Output image (.png, .jpg, .tif, .webp); a name without a suffix is a "
+    output: Annotated[str, _opt(OUTPUT, "Output image (.png, .jpg, .tif, .webp); a name without a suffix is a "
                                  "prefix as in the seed: -o out/cat writes out/cat.png, out/cat_at_iteration_N.png "
                                  "and out/cat.json. Required.", "--output", "-o")] = ...,
     style_option: Annotated[Optional[list[str]], _opt(

@@ -149,6 +149,8 @@ ROWS = [
         r"paint\.png.*(not an image|truncated or corrupt)"),
     Row("init-file-missing", lambda e: stylize(e, "--init", str(e.tmp / "start.png")),
         r"init .*start\.png.* neither noise, content, style nor an existing image file"),
+    Row("output-names-a-folder-not-made-yet", lambda e: stylize(e, output=f"{e.out}/"),
+        r"cannot write image '.*out/': it names a folder, give a file name such as .*out/out\.png"),
     Row("init-file-garbage", lambda e: stylize(e, "--init", str(e.file("start.png", b"not an image"))),
         r"start\.png.*not an image file"),
     Row("content-mask-over-the-pixel-limit",

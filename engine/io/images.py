@@ -176,7 +176,11 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> None:
 
 def output_path(path: str | os.PathLike) -> Path:
     """The image file an output name means: a name without a suffix is a prefix, as in the
-    seed (``out/cat`` -> ``out/cat.png``, snapshots ``out/cat_at_iteration_N.png``)."""
+    seed (``out/cat`` -> ``out/cat.png``, snapshots ``out/cat_at_iteration_N.png``). A name
+    ending in a slash is a folder, even one that does not exist yet."""
+    if isinstance(path, str) and path.endswith(("/", os.sep)):
+        raise ImageError(f"cannot write image '{path}': it names a folder, give a file name such as "
+                         f"{Path(path) / 'out.png'}")
     path = Path(path)
     if path.is_dir():
         raise ImageError(f"cannot write image '{path}': it is a folder, give a file name such as {path / 'out.png'}")
