@@ -10,6 +10,8 @@ in tests/test_signals.py; a full disk at each write in tests/test_run_faults.py.
 """
 from __future__ import annotations
 
+import json
+
 import os
 import re
 import shutil
@@ -92,6 +94,15 @@ def _photo_in_out(env: Env) -> None:
     shutil.copy(CONTENT, env.out / "cat.png")
 
 
+def _interrupted_run(env: Env) -> None:
+    """The files an interrupted run on out/cat.png left: its record, a snapshot, its checkpoint."""
+    env.out.mkdir()
+    (env.out / "cat.json").write_text(json.dumps({"status": "interrupted", "target": str(env.out / "cat.png"),
+                                                  "output": None}))
+    (env.out / "cat_at_iteration_1.png").write_bytes(b"snapshot")
+    (env.out / "cat_checkpoint.npz").write_bytes(b"checkpoint")
+
+
 def _run_in_progress(env: Env) -> None:
     # Another live run holds the output (this very process stands for it).
     env.out.mkdir()
@@ -149,6 +160,10 @@ ROWS = [
         r"paint\.png.*(not an image|truncated or corrupt)"),
     Row("init-file-missing", lambda e: stylize(e, "--init", str(e.tmp / "start.png")),
         r"init .*start\.png.* neither noise, content, style nor an existing image file"),
+    Row("output-shares-its-name-with-another-runs", lambda e: stylize(e, output=e.out / "cat.jpg"),
+        r"cat\.json is the record of the run on .*cat\.png: a run on .*cat\.jpg would replace it and that run's "
+        r"snapshots and checkpoint; choose another output name", after=["cat.json", "cat_at_iteration_1.png",
+                                                                         "cat_checkpoint.npz"], setup=_interrupted_run),
     Row("output-names-a-folder-not-made-yet", lambda e: stylize(e, output=f"{e.out}/"),
         r"cannot write image '.*out/': it names a folder, give a file name such as .*out/out\.png"),
     Row("init-file-garbage", lambda e: stylize(e, "--init", str(e.file("start.png", b"not an image"))),

@@ -106,6 +106,17 @@ def test_only_the_files_a_run_asks_for_are_checked_against_its_inputs(models_dir
     assert photo.read_bytes() == before
 
 
+def test_a_record_is_told_apart_by_its_output_name_not_its_folder(models_dir, tmp_path):
+    """cat.json of a run on cat.png stops a run on cat.jpg (see test_bad_inputs), not one on cat.png in
+    a folder moved since the record was written; a new run's record names its own output."""
+    out = tmp_path / "moved"
+    out.mkdir()
+    (out / "cat.json").write_text(json.dumps({"status": "finished", "target": str(tmp_path / "before" / "cat.png"),
+                                              "output": str(tmp_path / "before" / "cat.png")}))
+    assert cpu_engine(models_dir).run(tiny_config(), CONTENT, STYLE, out / "cat.png").status == "finished"
+    assert json.loads((out / "cat.json").read_text())["target"] == str(out / "cat.png")
+
+
 def test_a_run_loads_each_image_once(models_dir, tmp_path, monkeypatch):
     loaded = []
     real = run_engine.images.load_image

@@ -38,7 +38,7 @@ from .events import Callback, Evaluated, IterationDone, Prepared
 from .optimize import Cancelled, loss_scale, optimize
 from .outputs import OutputLock, check_not_inputs, run_files, run_inputs
 from .problem import Problem, resize_x
-from .records import (RunStatus, TransferResult, checkpoint_path, record_path, record_status, snapshot_path,
+from .records import (RunStatus, TransferResult, checkpoint_path, read_record, record_path, snapshot_path,
                       visual_paths, write_record)
 
 ImageSource = Union[str, Path, Image.Image]
@@ -344,6 +344,7 @@ class Engine:
         if output is not None:
             files = run_files(output, cfg, sum(per_scale))
             check_not_inputs(files, run_inputs(cfg, content, sources))
+            _check_same_stem(output)
         graphs = self.graphs(cfg)
         plan = _Plan(cfg, content_image, style_images, sizes, per_scale, output)
         with OutputLock(output) if output is not None else nullcontext() as lock:
@@ -354,7 +355,7 @@ class Engine:
                 weights = graphs.model_metadata.get("weights_sha256")
                 fingerprint = checkpoints.fingerprint(cfg, content, sources, weights)
                 if resume:
-                    if not checkpoint_path(output).exists() and record_status(record_path(output)) == RunStatus.FINISHED:
+                    if not checkpoint_path(output).exists() and read_record(record_path(output)).get("status") == "finished":
                         raise RunError(f"nothing to resume: the run on {output} finished (its record is "
                                        f"{record_path(output)}); run without --resume to make it again")
                     state = checkpoints.load(checkpoint_path(output), fingerprint)
@@ -585,6 +586,7 @@ class _Run:
             "error": error,
             "content": _name(self.content),
             "style": [_name(s) for s in self.sources] if len(self.sources) > 1 else _name(self.sources[0]),
+            "target": str(self.output),
             "output": str(self.result.output) if self.result.output else None,
             "checkpoint": str(self.result.checkpoint) if self.result.checkpoint else None,
             "files": [str(f) for f in self.files],
@@ -695,3 +697,14 @@ def _style_fit(config: TransferConfig) -> int | None:
 
 def _name(source: ImageSource) -> str:
     return "<image>" if isinstance(source, Image.Image) else str(source)
+
+
+def _check_same_stem(output: Path) -> None:
+    """RunError when the record beside ``output`` is a run's on another output of the same name
+    without its suffix (cat.png, cat.jpg): its record, snapshots and checkpoint would be replaced."""
+    record = read_record(record_path(output))
+    theirs = record.get("target") or record.get("output")  # records before "target" name a finished output only
+    # By name: the record lies beside its output, and a folder moved since keeps its runs.
+    if isinstance(theirs, str) and Path(theirs).name != output.name:
+        raise RunError(f"{record_path(output)} is the record of the run on {theirs}: a run on {output} would replace "
+                       "it and that run's snapshots and checkpoint; choose another output name")

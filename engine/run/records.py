@@ -60,12 +60,13 @@ def visual_paths(output: Path) -> dict[str, Path]:
             "plot": output.with_name(f"{output.stem}_loss.png"), "tiled": output.with_name(f"{output.stem}_tiled.png")}
 
 
-def record_status(path: Path) -> str | None:
-    """The status a run record says (None: no readable record)."""
+def read_record(path: Path) -> dict:
+    """The run record at ``path`` ({} when there is none, or none readable)."""
     try:
-        return json.loads(path.read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def write_record(path: Path, record: dict) -> None:
