@@ -132,6 +132,18 @@ def test_only_the_files_a_job_asks_for_count(folder):
         read_jobs(path, folder / "out")
 
 
+def test_mask_paths_are_relative_to_the_jobs_file_as_the_images_are(folder):
+    path = folder / "jobs.jsonl"
+    path.write_text(json.dumps({"content": "cat.png", "style": "wave.png,starry.png",
+                                "content_masks": "dog.png,starry.png", "style_masks": ["starry.png", "dog.png"]}) + "\n")
+    job = read_jobs(path, folder / "out")[0]
+    assert job.config.content_masks == (str(folder / "dog.png"), str(folder / "starry.png"))
+    assert job.config.style_masks == (str(folder / "starry.png"), str(folder / "dog.png"))
+    path.write_text(json.dumps({"content": "cat.png", "style": "wave.png", "content_masks": "gone.png"}) + "\n")
+    with pytest.raises(ConfigError, match=r"jobs.jsonl:1: content mask image '.*gone.png' does not exist"):
+        read_jobs(path, folder / "out")
+
+
 def test_settings_a_run_would_refuse_are_refused_before_the_batch(folder):
     """As nst stylize refuses them before any work: not after the jobs before them ran."""
     for rows, line, words in [("cat.png,starry.png,64,,\ncat.png,wave.png,16,,\n", 3,

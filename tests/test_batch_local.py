@@ -141,6 +141,8 @@ def test_a_cancelled_or_interrupted_batch_resumes_where_it_stopped(inputs, tmp_p
         _run(jobs_path, out, models_dir, interrupt_c)
     state = _state(out)
     assert [state[n]["status"] for n in ("a.png", "b.png", "c.png")] == ["finished", "finished", "interrupted"]
+    assert state["c.png"]["record"] == str(out / "c.json")   # its record says interrupted too
+    assert json.loads((out / "c.json").read_text())["status"] == "interrupted"
 
     summary, events = _run(jobs_path, out, models_dir)
     assert events[0] == BatchStarted(total=3, skipped=2, to_run=1, resumed=1)

@@ -164,6 +164,43 @@ def _refuse_init(**kwargs):
     raise AssertionError("ray.init must not be called for an address that cannot be reached")
 
 
+def test_a_worker_reads_only_the_shipped_inputs_masks_and_init_included(tmp_path, engine_options):
+    """As on another node: the job's own paths (the driver's) are gone by the time the worker runs it.
+    Two jobs alike but for their output get scratch folders of their own."""
+    from engine.batch.ray_runner import _Worker, _input_files, _slot
+    from engine.batch.runner import Work
+
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    Image.open(CONTENT).convert("RGB").resize((48, 32)).save(driver / "cat.png")
+    Image.open(STYLE).convert("RGB").resize((40, 32)).save(driver / "starry.png")
+    Image.open(STYLE).convert("RGB").resize((48, 32)).save(driver / "start.png")
+    left = np.zeros((32, 48), np.uint8)
+    left[:, :24] = 255
+    Image.fromarray(left).save(driver / "left.png")
+    Image.fromarray(255 - left).save(driver / "right.png")
+    rows = [dict(content="cat.png", style="starry.png,starry.png", output=name, size=32, iterations=1, maxfun=2,
+                 init="start.png", content_masks="left.png,right.png") for name in ("a.png", "b.png")]
+    (driver / "jobs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    jobs = read_jobs(driver / "jobs.jsonl", tmp_path / "out")
+    items = [Work(job, False) for job in jobs]
+    shipped = [[path.read_bytes() for path in _input_files(item)] for item in items]
+    assert len(shipped[0]) == 6   # content, 2 styles, init, 2 masks
+    slots = [_slot(item.job) for item in items]
+    assert slots[0] != slots[1]
+    moved = tmp_path / "driver-elsewhere"
+    driver.rename(moved)   # the worker's node has none of these paths
+    worker = _Worker(engine_options)
+    scratch = tmp_path / "scratch"
+    outcome, files, paths = worker.run(items[0], str(scratch), slots[0], *shipped[0])
+    assert outcome.status == "finished", outcome.error
+    assert {"a.png", "a.json"} <= set(files) and not any(name.startswith("b") for name in files)
+    record = json.loads(files["a.json"])
+    assert record["config"]["content_masks"] == [str(scratch / "nst-batch" / slots[0] / "in" / f"{k}.png")
+                                                 for k in (4, 5)]
+    assert paths["inputs"][record["config"]["init"]] == str(driver / "start.png")   # repathed to the driver's
+
+
 def test_an_address_nothing_listens_on_is_one_line_at_once(monkeypatch):
     """Ray itself waits minutes for an unreachable address (printing C++ warnings): the engine
     tries the port first and says so in one line, without starting Ray."""

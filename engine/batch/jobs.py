@@ -212,6 +212,10 @@ def _job(line: int, row: dict[str, Any], base: Path, out_dir: Path) -> Job:
     settings = {name: _convert(name, value) for name, value in row.items() if name in _CONFIG_FIELDS}
     if "init" in settings and settings["init"] not in ("noise", "content", "style"):
         settings["init"] = str(_input(base, settings["init"], "init"))
+    for kind in ("content", "style"):  # masks are inputs too: relative to the JOBS file's folder
+        if settings.get(f"{kind}_masks"):
+            settings[f"{kind}_masks"] = tuple(str(_input(base, mask, f"{kind} mask"))
+                                              for mask in settings[f"{kind}_masks"])
     preset = row.get("preset")
     config = preset_config(str(preset), **settings) if preset else TransferConfig(**settings)
     if config.style_blend is not None and len(config.style_blend) != len(styles):

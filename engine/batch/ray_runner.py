@@ -6,12 +6,13 @@ the run wrote; the driver writes them beside the job's output, atomically. So ne
 inputs nor outputs need a shared file system: each node needs the package (with the
 ``ray`` extra) and the exported models. A worker that dies mid-job is replaced and the
 job tried again, at most ``retries`` more times. The scratch folder is named after the
-job's key (config and input checksums): a retry on the same node, or on any node when
+job's key (config and input checksums) and name: a retry on the same node, or on any node when
 ``scratch`` is a shared folder, resumes from the checkpoint of the last finished
 iteration instead of starting over.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,11 +22,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..config import TransferConfig
 from ..errors import ConfigError
 from ..io.files import atomic_write_bytes
 from ..run.engine import Engine
 from ..run.outputs import lock_path
 from ..run.records import checkpoint_path, record_path
+from .jobs import Job
 from .runner import Outcome, Reporter, Work, run_job
 from .state import JobStatus
 
@@ -137,7 +140,7 @@ class RayRunner:
             item = queue.pop(0)
             attempts[item.job.name] = attempts.get(item.job.name, 0) + 1
             refs = [inputs[path] for path in _input_files(item)]
-            running[actor.run.remote(item, self.scratch, *refs)] = (actor, item)
+            running[actor.run.remote(item, self.scratch, _slot(item.job), *refs)] = (actor, item)
             reporter.started(item, self._worker_name(actor))
 
         def new_actor():
@@ -203,9 +206,32 @@ class RayRunner:
 
 
 def _input_files(item: Work) -> list[Path]:
-    job = item.job
-    init = [] if job.config.init in ("noise", "content", "style") else [Path(job.config.init)]
-    return [job.content, *job.styles, *init]
+    """The job's input files, in the order they are shipped: content, styles, init, content masks,
+    style masks."""
+    job, cfg = item.job, item.job.config
+    init = [] if cfg.init in ("noise", "content", "style") else [Path(cfg.init)]
+    return [job.content, *job.styles, *init, *map(Path, cfg.content_masks or ()), *map(Path, cfg.style_masks or ())]
+
+
+def _slot(job: Job) -> str:
+    """The name of a job's scratch folder, from its key and its name (computed by the driver, which
+    has the input files): a retry finds its checkpoint there, and two jobs alike but for their
+    output never share one."""
+    return hashlib.sha256(f"{job.key()} {job.name}".encode()).hexdigest()[:32]
+
+
+def _shipped_config(cfg: TransferConfig, paths: list[Path]) -> TransferConfig:
+    """``cfg`` reading its init and mask images from ``paths`` (the worker's copies, in
+    ``_input_files``' order after the content and styles)."""
+    rest = [str(p) for p in paths]
+    changes: dict[str, Any] = {}
+    if cfg.init not in ("noise", "content", "style"):
+        changes["init"] = rest.pop(0)
+    for field in ("content_masks", "style_masks"):
+        count = len(getattr(cfg, field) or ())
+        if count:
+            changes[field], rest = tuple(rest[:count]), rest[count:]
+    return cfg.replace(**changes) if changes else cfg
 
 
 class _Worker:
@@ -217,11 +243,13 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, item: Work, scratch: str | None, *inputs: bytes) -> tuple[Outcome, dict[str, bytes], dict]:
-        """Run ``item`` in ``<scratch>/nst-batch/<key>``; return the outcome, the files written
-        (name -> bytes) and the scratch paths that stand for the job's own ones."""
+    def run(self, item: Work, scratch: str | None, slot: str, *inputs: bytes) -> tuple[Outcome, dict[str, bytes],
+                                                                                      dict]:
+        """Run ``item`` in ``<scratch>/nst-batch/<slot>`` from the shipped ``inputs`` alone (the
+        job's own paths are the driver's); return the outcome, the files written (name -> bytes)
+        and the scratch paths that stand for the job's own ones."""
         job = item.job
-        folder = Path(scratch or tempfile.gettempdir()) / "nst-batch" / job.key()[:32]
+        folder = Path(scratch or tempfile.gettempdir()) / "nst-batch" / slot
         paths = []
         for index, (original, data) in enumerate(zip(_input_files(item), inputs)):
             path = folder / "in" / f"{index}{original.suffix}"
@@ -230,10 +258,8 @@ class _Worker:
             paths.append(path)
         out = folder / "out"
         output = out / job.output.name
-        config = job.config
-        if len(paths) > 1 + len(job.styles):
-            config = config.replace(init=str(paths[-1]))
-        # The folder is this job's alone (its key): a checkpoint there is this job's, resume it.
+        config = _shipped_config(job.config, paths[1 + len(job.styles):])
+        # The folder is this job's alone (its key and name): a checkpoint there is this job's, resume it.
         resume = checkpoint_path(output).is_file()
         outcome = run_job(self.engine, Work(replace(job, config=config), resume), None, None, output,
                           (paths[0], paths[1:1 + len(job.styles)]))

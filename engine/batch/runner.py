@@ -211,7 +211,9 @@ class _Driver:
 
     def interrupted(self) -> None:
         for name in self.running:
-            self.state.entries[name].status = JobStatus.INTERRUPTED.value
+            entry, record = self.state.entries[name], record_path(self.jobs[name].output)
+            entry.status = JobStatus.INTERRUPTED.value
+            entry.record = str(record) if record.is_file() else None  # the interrupted run's, once it started
         self.state.save()
 
 
