@@ -166,7 +166,8 @@ def _refuse_init(**kwargs):
 
 def test_a_worker_reads_only_the_shipped_inputs_masks_and_init_included(tmp_path, engine_options):
     """As on another node: the job's own paths (the driver's) are gone by the time the worker runs it.
-    Two jobs alike but for their output get scratch folders of their own."""
+    Two jobs alike but for their output get scratch folders of their own; a dead worker's lock there
+    (another node's, in a shared scratch folder) is taken over."""
     from engine.batch.ray_runner import _Worker, _input_files, _slot
     from engine.batch.runner import Work
 
@@ -192,6 +193,10 @@ def test_a_worker_reads_only_the_shipped_inputs_masks_and_init_included(tmp_path
     driver.rename(moved)   # the worker's node has none of these paths
     worker = _Worker(engine_options)
     scratch = tmp_path / "scratch"
+    # A lock a dead worker of another node left in the shared scratch folder: taken over.
+    lock = scratch / "nst-batch" / slots[0] / "out" / "a.png.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("another-node 4242\n")
     outcome, files, paths = worker.run(items[0], str(scratch), slots[0], *shipped[0])
     assert outcome.status == "finished", outcome.error
     assert {"a.png", "a.json"} <= set(files) and not any(name.startswith("b") for name in files)

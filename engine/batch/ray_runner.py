@@ -214,10 +214,10 @@ def _input_files(item: Work) -> list[Path]:
 
 
 def _slot(job: Job) -> str:
-    """The name of a job's scratch folder, from its key and its name (computed by the driver, which
-    has the input files): a retry finds its checkpoint there, and two jobs alike but for their
-    output never share one."""
-    return hashlib.sha256(f"{job.key()} {job.name}".encode()).hexdigest()[:32]
+    """The name of a job's scratch folder, from its key and its output path (computed by the driver,
+    which has the input files): a retry finds its checkpoint there, and two jobs alike but for
+    their output never share one."""
+    return hashlib.sha256(f"{job.key()} {job.output.resolve()}".encode()).hexdigest()[:32]
 
 
 def _shipped_config(cfg: TransferConfig, paths: list[Path]) -> TransferConfig:
@@ -259,8 +259,11 @@ class _Worker:
         out = folder / "out"
         output = out / job.output.name
         config = _shipped_config(job.config, paths[1 + len(job.styles):])
-        # The folder is this job's alone (its key and name): a checkpoint there is this job's, resume it.
+        # The folder is this job's alone (its key and output): a checkpoint there is this job's, resume it.
+        # And the driver (one per output folder: batch.json.lock) runs the job once at a time, so a lock
+        # there is a dead worker's, maybe of another node sharing the scratch folder: take it over.
         resume = checkpoint_path(output).is_file()
+        lock_path(output).unlink(missing_ok=True)
         outcome = run_job(self.engine, Work(replace(job, config=config), resume), None, None, output,
                           (paths[0], paths[1:1 + len(job.styles)]))
         kept = (checkpoint_path(output), lock_path(output))  # the worker's own, for a retry here
