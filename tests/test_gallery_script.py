@@ -35,7 +35,7 @@ def test_every_runnable_entry_is_a_command_the_cli_parses(gallery):
         command = entry.command()
         assert command[:2] == ["nst", "stylize"]
         context = stylize.make_context("stylize", command[2:], resilient_parsing=False)
-        assert context.params["output"] == Path("docs/gallery") / f"{entry.name}.jpg"
+        assert Path(context.params["output"]) == Path("docs/gallery") / f"{entry.name}.jpg"
 
 
 def test_an_entry_overrides_the_base_settings_instead_of_repeating_them(gallery):
