@@ -3,8 +3,9 @@ and a run that would not fit in memory refused up front, naming a size that fits
 import pytest
 
 from engine import MemoryLimitError, TransferConfig, preset_config
-from engine.runtime.memory import (ARENA_FACTOR, GIB, check_memory, estimate_eval_bytes, estimate_optimizer_bytes,
-                                   eval_memory_breakdown, forward_maps, largest_square, run_bytes)
+from engine.runtime.memory import (ARENA_FACTOR, FLOAT32, GIB, check_memory, estimate_eval_bytes,
+                                   estimate_optimizer_bytes, eval_memory_breakdown, forward_maps, largest_square,
+                                   run_bytes, targets_bytes)
 
 
 def test_forward_maps_halve_at_each_pool():
@@ -59,3 +60,28 @@ def test_a_run_too_large_for_the_memory_is_refused_with_a_size_that_fits():
 
 def test_a_run_that_fits_is_not_refused():
     check_memory(TransferConfig(), 512, 512, available=8 * GIB)
+
+
+def test_a_style_image_too_large_for_its_targets_is_refused_before_the_run():
+    """--style-scale 8 at 1024 px: an 8192x6528 style image, ~32 GiB for its block-1 maps alone."""
+    cfg = TransferConfig(size=1024, style_scale=8.0)
+    check_memory(cfg, 1024, 816, available=8 * GIB)   # the run itself fits
+    with pytest.raises(MemoryLimitError) as err:
+        check_memory(cfg, 1024, 816, available=8 * GIB, style_sizes=((8192, 6528),))
+    message = str(err.value)
+    assert message.startswith("the style image at 8192x6528 px needs about") and "--style-scale" in message
+    assert targets_bytes(cfg, 8192, 6528) > 2.5 * FLOAT32 * 64 * 8192 * 6528   # its block1 maps
+    check_memory(cfg, 1024, 816, available=8 * GIB, style_sizes=((1024, 816),))
+
+
+def test_the_engine_checks_the_style_images_at_their_working_size(models_dir, monkeypatch):
+    import engine.run.engine as run_engine
+    from features_support import CONTENT, STYLE
+
+    seen = []
+    monkeypatch.setattr(run_engine, "check_memory", lambda *a, **k: seen.append(k["style_sizes"]) or (
+        _ for _ in ()).throw(MemoryLimitError("stop here")))
+    with pytest.raises(MemoryLimitError):
+        run_engine.Engine(models_dir, provider="cpu").run(TransferConfig(size=64, style_scale=4.0), CONTENT, STYLE)
+    (width, height), = seen[0]
+    assert max(width, height) == 256   # 4 x the 64 px working size, the style image's proportions

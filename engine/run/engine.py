@@ -337,8 +337,9 @@ class Engine:
             images.load_image(cfg.init, cfg.size, cfg.max_megapixels)
         sizes, per_scale = scale_plan(cfg, content_image.size)
         if self.provider is not Provider.CUDA:  # host memory; a GPU's is not known before its session
-            check_memory(cfg, *sizes_for(cfg, content_image.size, sizes[-1])[1],
-                         winograd=self.winograd and not cfg.tileable)
+            working = sizes_for(cfg, content_image.size, sizes[-1])[1]
+            check_memory(cfg, *working, winograd=self.winograd and not cfg.tileable,
+                         style_sizes=tuple(_style_size(cfg, s.size, working) for s in style_images))
         for edge in sizes if cfg.content_masks else ():  # a thin region could vanish at a coarse scale
             regions.load_masks(cfg, sizes_for(cfg, content_image.size, edge if len(sizes) > 1 else cfg.size)[1])
         if output is not None:

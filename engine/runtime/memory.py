@@ -190,11 +190,31 @@ def available_bytes() -> int | None:
     return proc_bytes("meminfo", "MemAvailable")
 
 
+# A style image's targets pass (forward only, no arena, tensors freed after their last use) peaked
+# at 1.9-2.2 times its largest feature map above the engine's own memory, at 1024x816, 2048x1632
+# and 4096x3264 px (--style-scale 4 and 8): counted as this many.
+TARGETS_MAPS = 2.5
+
+
+def targets_bytes(config: TransferConfig, width: int, height: int) -> float:
+    """Estimated peak memory of computing a (width, height) style image's targets, in bytes."""
+    largest = max(m.elements for m in forward_maps(config, width, height))
+    return FLOAT32 * (TARGETS_MAPS * largest + 3 * width * height)
+
+
 def check_memory(config: TransferConfig, width: int, height: int, available: int | None = None,
-                 winograd: bool = False) -> None:
+                 winograd: bool = False, style_sizes: tuple[tuple[int, int], ...] = ()) -> None:
+    """MemoryLimitError unless a run at a (width, height) working size, and the targets of its style
+    images at ``style_sizes``, fit in the available memory (None: MemAvailable)."""
     available = available if available is not None else available_bytes()
     if available is None:
         return
+    for style_width, style_height in style_sizes:
+        need = targets_bytes(config, style_width, style_height)
+        if need > available:
+            raise MemoryLimitError(
+                f"the style image at {style_width}x{style_height} px needs about {need / GIB:.1f} GiB for its "
+                f"targets but {available / GIB:.1f} GiB are available: use a smaller --style-scale (or --size)")
     need = run_bytes(config, width, height, winograd)
     if need > available:
         side = largest_square(lambda w, h: run_bytes(config, w, h, winograd), available, config.size_multiple())
