@@ -164,6 +164,8 @@ ROWS = [
         r"cat\.json is the record of the run on .*cat\.png: a run on .*cat\.jpg would replace it and that run's "
         r"snapshots and checkpoint; choose another output name", after=["cat.json", "cat_at_iteration_1.png",
                                                                          "cat_checkpoint.npz"], setup=_interrupted_run),
+    Row("min-size-too-small-for-the-layers", lambda e: stylize(e, "--size", "64", "--min-size", "16"),
+        r"the first of 3 scales is 16 px .* too small .*: use a larger --min-size$"),
     Row("output-names-a-folder-not-made-yet", lambda e: stylize(e, output=f"{e.out}/"),
         r"cannot write image '.*out/': it names a folder, give a file name such as .*out/out\.png"),
     Row("init-file-garbage", lambda e: stylize(e, "--init", str(e.file("start.png", b"not an image"))),

@@ -654,7 +654,8 @@ def _scale_sizes(cfg: TransferConfig, content_size: tuple[int, int], final: int,
     if _too_small(cfg, content_size, sizes[0]):
         raise ConfigError(
             f"the first of {count} scales is {sizes[0]} px on its longest edge, too small for the deepest "
-            f"chosen layer (needs {cfg.min_image_size()} px per side): use fewer --scales or a larger --min-size")
+            f"chosen layer (needs {cfg.min_image_size()} px per side): "
+            + ("use a larger --min-size" if cfg.min_size else "use fewer --scales or a larger --min-size"))
     return sizes
 
 
