@@ -180,6 +180,24 @@ def test_a_job_started_over_drops_the_checkpoint_of_other_settings(inputs, tmp_p
     assert len(json.loads((out / "b.json").read_text())["iterations"]) == 4
 
 
+def test_a_process_exit_mid_job_records_it_interrupted(inputs, tmp_path, models_dir):
+    """As rich exits when its pipe closes (nst batch ... | head): the job and its record say interrupted
+    (they said failed with no error, and batch.json running), and the next run resumes it."""
+    out = tmp_path / "out"
+    jobs_path = _jobs_file(inputs, ["starry.png,cat.png,b.png,32,3,3,0,,,"])
+
+    def pipe_closed(event):
+        if isinstance(getattr(event, "event", None), IterationDone):
+            raise SystemExit(1)
+
+    with pytest.raises(SystemExit):
+        _run(jobs_path, out, models_dir, pipe_closed)
+    assert _state(out)["b.png"]["status"] == "interrupted"
+    assert json.loads((out / "b.json").read_text())["status"] == "interrupted"
+    summary, events = _run(jobs_path, out, models_dir)
+    assert summary.complete and [(e.name, e.resume) for e in events if isinstance(e, JobStarted)] == [("b.png", True)]
+
+
 def test_one_batch_at_a_time_on_a_folder(inputs, tmp_path, models_dir):
     out = tmp_path / "out"
     out.mkdir()

@@ -153,7 +153,7 @@ def _run_batch(jobs: list[Job], out_dir: Path, runner: Runner, emit: Callable[[B
     reporter = _Driver(state, work, emit, started)
     try:
         runner.run(work, reporter, cancel)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: e.g. rich's, on a closed pipe (| head)
         reporter.interrupted()
         raise
     seconds = time.perf_counter() - started

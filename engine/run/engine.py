@@ -413,7 +413,7 @@ class _Run:
             status, failing = RunStatus.CANCELLED, False
             if self.last is not None:
                 self.result.image = self.last[0].to_image(self.last[1])
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # SystemExit: e.g. rich's, on a closed pipe (| head)
             status = RunStatus.INTERRUPTED
             raise
         except NonFiniteError as exc:
