@@ -117,6 +117,16 @@ def test_a_record_is_told_apart_by_its_output_name_not_its_folder(models_dir, tm
     assert json.loads((out / "cat.json").read_text())["target"] == str(out / "cat.png")
 
 
+def test_a_run_refused_under_its_lock_leaves_no_folder_it_made(models_dir, tmp_path):
+    with pytest.raises(run_engine.RunError, match="nothing to resume"):
+        cpu_engine(models_dir).run(tiny_config(), CONTENT, STYLE, tmp_path / "new" / "sub" / "cat.png", resume=True)
+    assert files(tmp_path) == []
+    (tmp_path / "mine").mkdir()   # a folder that was there stays, empty or not
+    with pytest.raises(run_engine.RunError, match="nothing to resume"):
+        cpu_engine(models_dir).run(tiny_config(), CONTENT, STYLE, tmp_path / "mine" / "cat.png", resume=True)
+    assert files(tmp_path) == ["mine"]
+
+
 def test_a_run_loads_each_image_once(models_dir, tmp_path, monkeypatch):
     loaded = []
     real = run_engine.images.load_image

@@ -70,6 +70,7 @@ class OutputLock:
         self.output = output
 
     def __enter__(self) -> OutputLock:
+        self.made = [folder for folder in [self.path.parent, *self.path.parent.parents] if not folder.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -114,3 +115,8 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         self.path.unlink(missing_ok=True)
+        for folder in self.made:  # made for a run that left nothing there (refused, stopped early): gone again
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the run wrote there
+                break
