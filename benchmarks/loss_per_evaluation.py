@@ -4,7 +4,7 @@ Counts evaluations, not seconds: on a shared machine only those compare.
 
     python -m benchmarks.loss_per_evaluation SIZE ITERATIONS
 """
-import json, sys, time
+import json, sys
 from engine import StyleTransfer, TransferConfig
 size, its = int(sys.argv[1]), int(sys.argv[2])
 out = {}
