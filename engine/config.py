@@ -29,6 +29,8 @@ from .io.images import MAX_MEGAPIXELS
 # is under 64 px, and the pass was not measured (README "Time to a picture").
 AUTO_SCALES_FROM = 128
 AUTO_COARSE_ITERATIONS = 3
+# Each scale halves the size: 12 go from 65536 px down to 32, more than any run can use.
+MAX_SCALES = 12
 
 
 class Pooling(str, Enum):
@@ -209,7 +211,8 @@ class TransferConfig:
                 raise ConfigError(f"style_scale must be between 0.05 and 8, got {scale:g}")
             put("style_scale", scale)
         if self.scales is not None:
-            put("scales", _integer("scales", self.scales, 1, "(leave it out to choose by the output's size)"))
+            put("scales", _integer("scales", self.scales, 1, "(leave it out to choose by the output's size)",
+                                   MAX_SCALES))
         if self.min_size is not None:
             put("min_size", _integer("min_size", self.min_size, self.min_image_size(),
                                      "px for the deepest chosen layer"))
@@ -320,10 +323,12 @@ def _weight(name: str, value: Any) -> float:
     return float(value)
 
 
-def _integer(name: str, value: Any, minimum: int, hint: str = "") -> int:
+def _integer(name: str, value: Any, minimum: int, hint: str = "", maximum: int | None = None) -> int:
     whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
     if isinstance(value, bool) or not whole:
         raise ConfigError(f"{name} must be a whole number, got {value!r}")
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}{' ' + hint if hint else ''}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value!r}")
     return int(value)

@@ -271,7 +271,7 @@ def test_a_resumed_job_continues_from_its_last_finished_iteration(tmp_path, mode
     try:
         params = {**TINY, "iterations": 3, "optimizer_mode": "seed"}  # one fmin_l_bfgs_b call per iteration
         images = [Image.open(CONTENT).convert("RGB"), Image.open(STYLE).convert("RGB")]
-        job, _ = board.submit(params, job_config(params, 1, images[0].size, 10**6), images[0], images[1:])
+        job, _ = board.submit(params, job_config(params, [images[1].size], images[0].size, 10**6), images[0], images[1:])
         _wait(board, job.id, "cancelled")
         assert board.summary(job.id)["snapshots"] == [1]
         board.resume(job.id)

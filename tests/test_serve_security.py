@@ -284,3 +284,73 @@ def test_login_sets_an_httponly_cookie_that_then_authorises(token_server):
 def test_the_server_never_fetches_a_url(server):
     reply = server.http.post("api/jobs", data={"content": "http://127.0.0.1:1/x.png", "style": "file:///etc/passwd"})
     assert reply.status_code == 400
+
+
+def _submit_raw_params(server, text: str):
+    """A job whose params field is sent as written (json.dumps would write NaN too, but not on purpose)."""
+    files = [("content", (CONTENT.name, CONTENT.read_bytes())), ("style", (STYLE.name, STYLE.read_bytes()))]
+    return server.http.post("api/jobs", files=files, data={"params": text})
+
+
+@pytest.mark.parametrize("params, words", [
+    # Files a client names: never read (a mask path told whether a file exists, and read the image).
+    ({**TINY, "content_masks": ["/etc/passwd"]}, "content_masks is not allowed on a server"),
+    ({**TINY, "style_masks": ["/etc/hostname"]}, "style_masks is not allowed on a server"),
+    ({**TINY, "init": ["content"]}, "is not allowed on a server"),
+    ({**TINY, "init": {"a": 1}}, "is not allowed on a server"),
+    # Booleans that are not (bool("no") is True) and counts that would run away.
+    ({**TINY, "gif": "no"}, "gif must be true or false"),
+    ({**TINY, "tileable": 1}, "tileable must be true or false"),
+    ({**TINY, "scales": 50_000_000_000}, "scales must be at most 12"),
+    ({**TINY, "scales": 2000}, "scales must be at most 12"),
+    # A style image worked on past the server's pixel limit, and a limit below an upload's own size.
+    ({**TINY, "size": 256, "style_scale": 8}, "pixel style image, over the server's limit"),
+    ({**TINY, "max_megapixels": 0.001}, "max_megapixels 0.001 is below the content image's"),
+])
+def test_params_a_server_must_not_take_are_a_400_before_anything_is_queued(server, params, words):
+    before = server.http.get("api/jobs").json()
+    reply = server.submit(params)
+    assert reply.status_code == 400, reply.text
+    assert words in reply.json()["detail"]
+    assert server.http.get("api/jobs").json() == before
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_a_400_not_a_job_that_breaks_the_list(server, constant):
+    """Python's json takes NaN; a job holding it made every later GET /api/jobs a 500, restarts included."""
+    reply = _submit_raw_params(server, '{"size": 64, "iterations": 1, "maxfun": 2, "tileable": %s}' % constant)
+    assert reply.status_code == 400 and constant.lstrip("-") in reply.json()["detail"]
+    assert server.http.get("api/jobs").status_code == 200
+
+
+def test_a_small_request_body_is_limited_and_a_chunked_one_cut_off(token_server):
+    """A login needs no token: its body must not be able to hold the server's memory."""
+    reply = token_server.http.post("api/login", content=b"x" * (1 << 20))
+    assert reply.status_code == 413 and "over the 65536 this request may send" in reply.json()["detail"]
+
+    def chunks():
+        for _ in range(64):
+            yield b"x" * (1 << 16)   # 4 MiB in all, no Content-Length
+
+    reply = token_server.http.post("api/login", content=chunks())
+    assert reply.status_code == 413 and "over the 65536 bytes" in reply.json()["detail"]
+    assert token_server.http.get("healthz").status_code == 200
+
+
+def test_a_stray_last_event_id_is_read_as_none(server, job):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.putrequest("GET", f"/api/jobs/{job}/events", skip_accept_encoding=True)
+    connection.putheader("Last-Event-ID", "\u00b2".encode("latin-1"))   # a digit to str.isdigit, not to int
+    connection.endheaders()
+    reply = connection.getresponse()
+    body = reply.read().decode()
+    connection.close()
+    assert reply.status == 200 and "event: finished" in body
+
+
+def test_a_loopback_address_other_than_127_0_0_1_answers_to_its_own_name(tmp_path):
+    from engine.serve.app import Guard
+    guard = Guard(None, ServeSettings(data_dir=tmp_path, host="127.0.0.2"))
+    scope = {"method": "GET", "path": "/healthz"}
+    assert guard.refusal(scope, Headers({"host": "127.0.0.2:8000"})) is None
+    assert guard.refusal(scope, Headers({"host": "evil.example:8000"}))[0] == 403

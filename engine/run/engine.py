@@ -194,7 +194,7 @@ class Engine:
             style_images = [colors.match_luminance(colors.luminance_only(s), content_image) for s in style_images]
 
         content_x = images.preprocess(content_image, (width, height))
-        styles_x = [images.preprocess(s, _style_size(cfg, s.size, (width, height))) for s in style_images]
+        styles_x = [images.preprocess(s, style_working_size(cfg, s.size, (width, height))) for s in style_images]
         masks = regions.load_masks(cfg, (width, height), [(x.shape[3], x.shape[2]) for x in styles_x]) \
             if cfg.content_masks else None
         self.graphs(cfg)  # found (or built) here, not by both threads at once
@@ -339,7 +339,7 @@ class Engine:
         if self.provider is not Provider.CUDA:  # host memory; a GPU's is not known before its session
             working = sizes_for(cfg, content_image.size, sizes[-1])[1]
             check_memory(cfg, *working, winograd=self.winograd and not cfg.tileable,
-                         style_sizes=tuple(_style_size(cfg, s.size, working) for s in style_images))
+                         style_sizes=tuple(style_working_size(cfg, s.size, working) for s in style_images))
         for edge in sizes if cfg.content_masks else ():  # a thin region could vanish at a coarse scale
             regions.load_masks(cfg, sizes_for(cfg, content_image.size, edge if len(sizes) > 1 else cfg.size)[1])
         if output is not None:
@@ -674,7 +674,9 @@ def check_styles(cfg: TransferConfig, sources: list) -> None:
     regions.check_count(cfg, len(sources))
 
 
-def _style_size(cfg: TransferConfig, style_size: tuple[int, int], working: tuple[int, int]) -> tuple[int, int]:
+def style_working_size(cfg: TransferConfig, style_size: tuple[int, int],
+                       working: tuple[int, int]) -> tuple[int, int]:
+    """The size a style image of ``style_size`` is worked on at, for a picture of ``working`` size."""
     if cfg.style_scale is None:
         return working  # the seed resizes the style to the content's size
     edge = max(16, round(cfg.style_scale * max(working)))

@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -38,6 +38,7 @@ COOKIE = "nst_token"
 MAX_STYLES = 8
 PUBLIC = {("GET", "/"), ("GET", "/healthz"), ("POST", "/api/login")}
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+SMALL_BODY = 64 * 1024  # any request's body but a job upload's (a login's token, a verb's nothing)
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -55,9 +56,14 @@ class Guard:
     def __init__(self, app, settings: ServeSettings):
         self.app = app
         self.settings = settings
-        self.hostnames = {*LOOPBACK_NAMES, *(urlsplit(origin).hostname for origin in settings.allowed_origins)}
+        self.hostnames = {*LOOPBACK_NAMES, settings.host.strip("[]"),
+                          *(urlsplit(origin).hostname for origin in settings.allowed_origins)}
         # Upload bodies: every file at its limit, plus room for the form's fields and boundaries.
         self.max_body = settings.max_upload_bytes * (MAX_STYLES + 1) + 1024 * 1024
+
+    def body_limit(self, scope) -> int:
+        """The most bytes a request's body may hold: a job upload's, or a login's or a verb's few."""
+        return self.max_body if (scope["method"], scope["path"]) == ("POST", "/api/jobs") else SMALL_BODY
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -76,7 +82,20 @@ class Guard:
                     headers[name] = value
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        limit, received = self.body_limit(scope), 0
+
+        async def receive_limited():
+            # A body sent without a Content-Length (chunked) past the limit: a 413 from the route that
+            # reads it, and the server never holds more than the limit of it.
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, f"the request body is over the {limit} bytes this request may send")
+            return message
+
+        await self.app(scope, receive_limited, send_with_headers)
 
     def refusal(self, scope, headers: Headers) -> tuple[int, str] | None:
         method, path = scope["method"], scope["path"]
@@ -94,14 +113,16 @@ class Guard:
         if self.settings.token and not self.public(method, path) and not self.authorised(headers):
             return 401, ("this server needs its token: send 'Authorization: Bearer <token>' "
                          "or log in on the page")
+        length = headers.get("content-length")
         if method == "POST" and path == "/api/jobs":
-            length = headers.get("content-length")
-            if length is None or not length.isdigit():
+            if length is None or not length.isascii() or not length.isdigit():
                 return 411, "send the upload with a Content-Length header"
             if int(length) > self.max_body:
                 return 413, (f"the upload is {int(length) / 2**20:.1f} MB, over the server's limit of "
                              f"{self.settings.max_upload_mb:g} MB per image (--max-upload-mb) for up to "
                              f"{MAX_STYLES + 1} images")
+        elif length is not None and length.isascii() and length.isdigit() and int(length) > SMALL_BODY:
+            return 413, f"the request body is {int(length)} bytes, over the {SMALL_BODY} this request may send"
         return None
 
     @staticmethod
@@ -192,7 +213,7 @@ def create_app(settings: ServeSettings, board: JobBoard | None = None) -> FastAP
         limits = (settings.max_upload_bytes, settings.max_pixels)
         content_image = decode_upload(await _read(content, limits[0]), "content", *limits)
         styles = [decode_upload(await _read(s, limits[0]), f"style {k}", *limits) for k, s in enumerate(style, 1)]
-        config = job_config(parsed, len(styles), content_image.size, settings.max_pixels)
+        config = job_config(parsed, [s.size for s in styles], content_image.size, settings.max_pixels)
         job, position = await asyncio.to_thread(board.submit, parsed, config, content_image, styles)
         return {"id": job.id, "position": position, "status": job.status, "url": f"api/jobs/{job.id}"}
 
@@ -208,7 +229,7 @@ def create_app(settings: ServeSettings, board: JobBoard | None = None) -> FastAP
     async def events(job_id: str, request: Request):
         board.get(job_id)
         header = request.headers.get("last-event-id", "0")
-        last = int(header) if header.isdigit() else 0
+        last = int(header) if header.isascii() and header.isdigit() else 0
 
         async def stream():
             nonlocal last
