@@ -265,15 +265,17 @@ class CancelAfterFirstIteration:
         return self.runner.run(config, content, styles, output, wrapped, cancel, resume)
 
 
-def test_a_resumed_job_continues_from_its_last_finished_iteration(tmp_path, models_dir):
+@pytest.mark.parametrize("save_every", [1, 0])
+def test_a_resumed_job_continues_from_its_last_finished_iteration(tmp_path, models_dir, save_every):
     board = JobBoard(tmp_path, lambda: CancelAfterFirstIteration(shared_runner(models_dir)))
     board.start()
     try:
-        params = {**TINY, "iterations": 3, "optimizer_mode": "seed"}  # one fmin_l_bfgs_b call per iteration
+        # One fmin_l_bfgs_b call per iteration; without snapshots the checkpoint says where it stopped.
+        params = {**TINY, "iterations": 3, "optimizer_mode": "seed", "save_every": save_every}
         images = [Image.open(CONTENT).convert("RGB"), Image.open(STYLE).convert("RGB")]
         job, _ = board.submit(params, job_config(params, [images[1].size], images[0].size, 10**6), images[0], images[1:])
         _wait(board, job.id, "cancelled")
-        assert board.summary(job.id)["snapshots"] == [1]
+        assert board.summary(job.id)["snapshots"] == ([1] if save_every else [])
         board.resume(job.id)
         _wait(board, job.id, "finished")
         events = board.events_after(job.id, 0)[0]
@@ -283,11 +285,25 @@ def test_a_resumed_job_continues_from_its_last_finished_iteration(tmp_path, mode
         assert iterations == [1, 2, 3]  # iteration 1 was not run twice
         # A job that ended keeps its events on disk only: a server's memory does not grow with its history.
         assert board.get(job.id).events is None and events[-1]["event"] == "finished"
-        assert board.summary(job.id)["snapshots"] == [1, 2, 3]
+        assert board.summary(job.id)["snapshots"] == ([1, 2, 3] if save_every else [])
         record = json.loads((job.folder / "output" / "result.json").read_text())
         assert record["status"] == "finished" and len(record["iterations"]) == 3
     finally:
         board.stop()
+
+
+def test_a_16_bit_result_is_served_as_written(server):
+    """The served PNG is the engine's file with the settings added: its 16 bits kept (they were
+    re-encoded to 8 by Pillow, while the settings said bit_depth 16)."""
+    params = {**TINY, "iterations": 1, "bit_depth": 16, "save_every": 0}
+    job_id = server.submit(params).json()["id"]
+    job = server.wait(job_id, ("finished",))
+    served = server.http.get(job["result"]).content
+    on_disk = (server.board.get(job_id).folder / "output" / "result.png").read_bytes()
+    assert served[24] == on_disk[24] == 16   # IHDR's bit depth
+    assert served.endswith(on_disk[33:])      # the pixels as written, after the added text chunks
+    image = Image.open(io.BytesIO(served))
+    assert json.loads(image.text["nst:config"])["bit_depth"] == 16 and json.loads(image.text["nst:params"]) == params
 
 
 def _wait(board, job_id, status, timeout=60.0):

@@ -72,6 +72,16 @@ def save(path: Path, checkpoint: Checkpoint, print_: dict) -> None:
         raise RunError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from None
 
 
+def last_iteration(path: Path) -> int:
+    """The last finished iteration the checkpoint at ``path`` holds (0: none, or none readable)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            iterations = json.loads(str(data["header"]))["iterations"]
+        return int(iterations[-1]["iteration"]) if iterations else 0
+    except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile, EOFError):
+        return 0
+
+
 def load(path: Path, print_: dict) -> Checkpoint:
     """The checkpoint at ``path``; RunError when it is missing, damaged, or of another run."""
     if not path.is_file():

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import io
 import json
+import struct
 import sys
+import zlib
 from importlib import resources
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -22,7 +23,6 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, PngImagePlugin
 from starlette.datastructures import Headers, MutableHeaders
 
 from .. import __version__
@@ -310,20 +310,28 @@ async def _read(upload: UploadFile, max_bytes: int) -> bytes:
 
 
 def _png(board: JobBoard, job_id: str, name: str, filename: str, download: bool) -> Response:
-    """A picture of a job as PNG, the job's settings in its text chunks (read by most image viewers)."""
+    """A picture of a job as PNG, the job's settings in its text chunks (read by most image viewers);
+    its pixels as the engine wrote them (a 16-bit result stays 16-bit)."""
     path = board.file(job_id, "output", name)
     job = board.get(job_id)
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", f"nst-engine {__version__}")
-    info.add_text("nst:params", json.dumps(job.params))
-    info.add_text("nst:config", json.dumps(job.config))
-    buffer = io.BytesIO()
-    with Image.open(path) as image:
-        image.save(buffer, format="PNG", pnginfo=info)
+    texts = {"Software": f"nst-engine {__version__}", "nst:params": json.dumps(job.params),
+             "nst:config": json.dumps(job.config)}
     disposition = "attachment" if download else "inline"
-    return Response(buffer.getvalue(), media_type="image/png",
+    return Response(_with_texts(path.read_bytes(), texts), media_type="image/png",
                     headers={"Content-Disposition": f'{disposition}; filename="{filename}"',
                              "Cache-Control": "no-cache"})
+
+
+def _with_texts(png: bytes, texts: dict[str, str]) -> bytes:
+    """``png`` (the engine's own file) with an iTXt chunk (UTF-8 text) per item after its header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header_end = 8 + 4 + 4 + 13 + 4  # signature, then IHDR: length, type, 13 bytes, CRC
+    # iTXt: keyword, NUL, compression flag and method (0, 0), empty language tag and translated keyword.
+    texts_bytes = b"".join(chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8"))
+                           for key, value in texts.items())
+    return png[:header_end] + texts_bytes + png[header_end:]
 
 
 def run_server(settings: ServeSettings) -> None:

@@ -26,6 +26,7 @@ from PIL import Image
 from ..config import Provider, TransferConfig
 from ..errors import ConfigError, EngineError
 from ..io.files import atomic_write_text
+from ..run.checkpoints import last_iteration
 from ..run.engine import Engine, scale_plan
 from ..run.events import Evaluated, IterationDone, Prepared
 from ..run.records import checkpoint_path, snapshot_path
@@ -307,11 +308,12 @@ class JobBoard:
                 if self._stopping:
                     return
                 job = self._jobs[self._queue.pop(0)]
-                resume = checkpoint_path(job.folder / "output" / RESULT).is_file()
+                checkpoint = checkpoint_path(job.folder / "output" / RESULT)
+                resume = checkpoint.is_file()
                 job.status, job.started = RUNNING, time.time()
                 job.evaluation = 0
                 job.snapshots = _snapshots(job.folder / "output") if resume else []
-                job.iteration = max(job.snapshots, default=0) if resume else 0
+                job.iteration = last_iteration(checkpoint) if resume else 0  # snapshots: maybe none saved
                 self._save(job)
                 self._emit(job, "started", {"resumed_from": job.iteration if resume else None, "worker": runner.name})
                 for other in self._queue:
