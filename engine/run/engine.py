@@ -356,7 +356,8 @@ class Engine:
                 weights = graphs.model_metadata.get("weights_sha256")
                 fingerprint = checkpoints.fingerprint(cfg, content, sources, weights)
                 if resume:
-                    if not checkpoint_path(output).exists() and read_record(record_path(output)).get("status") == "finished":
+                    finished = read_record(record_path(output)).get("status") == RunStatus.FINISHED.value
+                    if not checkpoint_path(output).exists() and finished:
                         raise RunError(f"nothing to resume: the run on {output} finished (its record is "
                                        f"{record_path(output)}); run without --resume to make it again")
                     state = checkpoints.load(checkpoint_path(output), fingerprint)
