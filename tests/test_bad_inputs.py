@@ -227,7 +227,7 @@ ROWS = [
     Row("model-damaged", lambda e: stylize(e, models=e.file("vgg16.onnx", b"\x08\x07garbage").parent),
         r"vgg16\.onnx is not a readable ONNX model"),
     Row("model-weights-changed-since-export", lambda e: stylize(e, models=e.model_copy(_changed_weights)),
-        r"vgg16\.onnx: its weights changed since export.*run `nst export` again"),
+        r"vgg16\.onnx: its weights changed since export.*run `nst export vgg16 --models-dir .*models` again"),
     Row("model-lacks-a-promised-layer", lambda e: stylize(e, models=e.model_copy(_lacking_layer)),
         r"vgg16\.onnx lacks the vgg16 layer\(s\) block5_conv3 its metadata promises"),
     # ---- export and layers

