@@ -250,6 +250,9 @@ ROWS = [
         after=["cat.png.lock"], setup=_run_in_progress),
     Row("resume-with-nothing-to-resume", lambda e: stylize(e, "--resume"), r"(no checkpoint|nothing to resume)"),
     Row("api-threads-zero", lambda e: lambda: StyleTransfer(threads=0), r"threads must be a whole number >= 1"),
+    Row("api-config-a-preset-name", lambda e: lambda: StyleTransfer("starry_tubingen"),
+        r"config must be a TransferConfig, got str 'starry_tubingen': .*preset_config\(name"),
+    Row("api-config-a-dict", lambda e: lambda: StyleTransfer({"size": 64}), r"config must be a TransferConfig, got dict"),
     Row("api-config-size-text", lambda e: lambda: TransferConfig(size="big"), r"size must be a whole number"),
     Row("api-config-pooling", lambda e: lambda: TransferConfig(pooling="mean"), r"unknown pooling 'mean'"),
     Row("api-no-style", lambda e: lambda: StyleTransfer(TransferConfig(size=32), models_dir=e.models).run(

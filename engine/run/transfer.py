@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Provider, TransferConfig
+from ..errors import ConfigError
 from .engine import Engine, ImageSource, Styles, scale_plan, sizes_for
 from .events import Callback
 from .problem import Problem
@@ -22,6 +23,11 @@ class StyleTransfer:
                  provider: Provider | str = Provider.AUTO, threads: int | None = None,
                  tf32: bool = True, cuda_graph: bool = True, engine: Engine | None = None,
                  winograd: bool | None = None):
+        if config is not None and not isinstance(config, TransferConfig):
+            raise ConfigError(f"config must be a TransferConfig, got {type(config).__name__} {config!r}: build one "
+                              "with TransferConfig(...) or preset_config(name, ...)")
+        if engine is not None and not isinstance(engine, Engine):
+            raise ConfigError(f"engine must be an Engine, got {type(engine).__name__}")
         self.config = config or TransferConfig()
         self.engine = engine or Engine(models_dir, provider, threads, tf32, cuda_graph, winograd)
 
