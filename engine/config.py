@@ -197,7 +197,7 @@ class TransferConfig:
         put("pooling", parse_choice(Pooling, "pooling", self.pooling))
 
         put("init", str(self.init))
-        if self.init not in {i.value for i in Init} and not Path(self.init).is_file():
+        if self.init_file is not None and not Path(self.init_file).is_file():
             raise ConfigError(f"init '{self.init}' is neither noise, content, style nor an existing image file")
         if self.style_blend is not None:
             blend = tuple(_weight("style_blend", w) for w in _as_tuple(self.style_blend))
@@ -258,6 +258,11 @@ class TransferConfig:
                                   "masks: give one of each per style image")
         if self.content_masks is not None and self.style_blend is not None:
             raise ConfigError("style_blend and content_masks do not mix: with masks each style has its own region")
+
+    @property
+    def init_file(self) -> str | None:
+        """The start image's path when ``init`` names a file; None for noise, content or style."""
+        return None if self.init in {i.value for i in Init} else self.init
 
     def replace(self, **changes: Any) -> TransferConfig:
         """A copy with ``changes`` applied, validated again."""

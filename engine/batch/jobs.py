@@ -63,7 +63,7 @@ class Job:
     def key(self) -> str:
         """sha256 of the config and the input files' bytes: equal keys give equal results."""
         digest = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
-        init = () if self.config.init in ("noise", "content", "style") else (Path(self.config.init),)
+        init = () if self.config.init_file is None else (Path(self.config.init_file),)
         for path in (self.content, *self.styles, *init):
             digest.update(file_sha256(path).encode())
         return digest.hexdigest()

@@ -207,10 +207,8 @@ class RayRunner:
 
 def _input_files(item: Work) -> list[Path]:
     """The job's input files, in the order they are shipped: content, styles, init, content masks,
-    style masks."""
-    job, cfg = item.job, item.job.config
-    init = [] if cfg.init in ("noise", "content", "style") else [Path(cfg.init)]
-    return [job.content, *job.styles, *init, *map(Path, cfg.content_masks or ()), *map(Path, cfg.style_masks or ())]
+    style masks (``engine.run.outputs.run_inputs``' order)."""
+    return list(item.job.inputs().values())
 
 
 def _slot(job: Job) -> str:
@@ -225,7 +223,7 @@ def _shipped_config(cfg: TransferConfig, paths: list[Path]) -> TransferConfig:
     ``_input_files``' order after the content and styles)."""
     rest = [str(p) for p in paths]
     changes: dict[str, Any] = {}
-    if cfg.init not in ("noise", "content", "style"):
+    if cfg.init_file is not None:
         changes["init"] = rest.pop(0)
     for field in ("content_masks", "style_masks"):
         count = len(getattr(cfg, field) or ())

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..config import Init, TransferConfig
+from ..config import TransferConfig
 from ..errors import RunError
 from ..io.files import atomic_write_bytes, file_sha256
 from .events import IterationDone
@@ -44,7 +44,7 @@ class Checkpoint:
 
 def fingerprint(config: TransferConfig, content, styles: list, weights_sha256: str | None) -> dict:
     """What must not change between a run and its resumption."""
-    init = config.init if config.init not in {i.value for i in Init} else None
+    init = config.init_file
     return {"config": config.to_dict(), "content": _checksum(content), "styles": [_checksum(s) for s in styles],
             "init": _checksum(init) if init else None, "weights_sha256": weights_sha256}
 

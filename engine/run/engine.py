@@ -333,8 +333,8 @@ class Engine:
         # Loaded once per run, at no less than the largest scale's size.
         content_image = load(content, cfg, cfg.size)
         style_images = [load(s, cfg, _style_fit(cfg)) for s in sources]
-        if cfg.init not in {i.value for i in Init}:  # an init image is read at the start: refused now if bad
-            images.load_image(cfg.init, cfg.size, cfg.max_megapixels)
+        if cfg.init_file is not None:  # an init image is read at the start: refused now if bad
+            images.load_image(cfg.init_file, cfg.size, cfg.max_megapixels)
         sizes, per_scale = scale_plan(cfg, content_image.size)
         if self.provider is not Provider.CUDA:  # host memory; a GPU's is not known before its session
             working = sizes_for(cfg, content_image.size, sizes[-1])[1]

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..config import Init, TransferConfig
+from ..config import TransferConfig
 from ..errors import RunError
 from .records import checkpoint_path, record_path, snapshot_path, visual_paths
 
@@ -36,8 +36,8 @@ def run_inputs(cfg: TransferConfig, content: Any, sources: list) -> dict[str, Pa
     """The files a run reads, by role (images given as Pillow images are no files)."""
     inputs = {"content image": content, **{f"style image {i + 1}" if len(sources) > 1 else "style image": s
                                            for i, s in enumerate(sources)}}
-    if cfg.init not in {i.value for i in Init}:
-        inputs["init image"] = cfg.init
+    if cfg.init_file is not None:
+        inputs["init image"] = cfg.init_file
     for kind in ("content", "style"):
         inputs.update({f"{kind} mask {i + 1}": p for i, p in enumerate(getattr(cfg, f"{kind}_masks") or ())})
     return {what: Path(p) for what, p in inputs.items() if not isinstance(p, Image.Image)}
